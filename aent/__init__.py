@@ -1,0 +1,25 @@
+"""AEnt: clamped entropy with an adaptive coefficient for LLM reinforcement learning.
+
+"On Entropy Control in LLM-RL Algorithms" (Han Shen, arXiv 2509.03493). ``import aent`` needs torch only; the verl
+adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line load their dependencies lazily.
+"""
+
+from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, coefficient_from_state
+from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveCoefficient",
+    "ConstantCoefficient",
+    "IMPLEMENTATIONS",
+    "LOSS_AGG_MODES",
+    "aggregate",
+    "clamped_entropy",
+    "coefficient_from_state",
+    "entropy",
+    "entropy_bonus",
+    "num_removed",
+    "__version__",
+]
