@@ -42,7 +42,7 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("AENT_REWARD_TIMEOUT", "5"))
 MAX_ANSWER_CHARS = 2000
 
 _CACHE_SIZE = 1 << 16
-_cache: "OrderedDict[Tuple[str, str], str]" = OrderedDict()
+_cache: OrderedDict[Tuple[str, str], str] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -75,7 +75,9 @@ def _judge(gold: str, prediction: str, timeout: float) -> str:
 
     verdict, detail = get_pool().verify(gold, prediction, timeout)
     if verdict == TIMEOUT:
-        logger.warning("math-verify gave no verdict within %g s for answer %.80r (gold %.80r)", timeout, prediction, gold)
+        logger.warning(
+            "math-verify gave no verdict within %g s for answer %.80r (gold %.80r)", timeout, prediction, gold
+        )
         return "timeout"  # not cached: a busy host may have caused it
     if verdict == CRASHED:
         logger.warning("math-verify crashed on answer %.80r (gold %.80r): %s", prediction, gold, detail)

@@ -19,7 +19,7 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Only the tail of a response is searched for an "answer is" phrase: the final answer is at the end, and this bounds
 # the regex cost on very long responses.
 _PHRASE_TAIL_CHARS = 4000
-_ANSWER_PHRASE = re.compile(r"(?:final answer|the answer)\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
+_ANSWER_PHRASE = re.compile(r"\banswer\s*(?:is|:)\s*:?\s*", re.IGNORECASE)
 
 
 def _match_braces(text: str, open_pos: int) -> int:
@@ -125,7 +125,7 @@ def gsm8k_marker(text: str) -> Optional[str]:
 
 
 def answer_phrase(text: str) -> Optional[str]:
-    """The answer after the last "final answer is" / "the answer is" / "answer:" phrase, up to the end of the line."""
+    """The answer after the last "answer is" / "answer:" phrase (as in "The final answer is 5."), up to the end of the line."""
     tail = text[-_PHRASE_TAIL_CHARS:]
     last = None
     for match in _ANSWER_PHRASE.finditer(tail):

@@ -115,7 +115,7 @@ class VerifyPool:
         self.startup_timeout = startup_timeout
         self.owner_pid = os.getpid()
         # Slots hold a live worker or None (start one on first use). Queue gives thread-safe hand-over.
-        self._slots: "queue.LifoQueue[Optional[_Worker]]" = queue.LifoQueue()
+        self._slots: queue.LifoQueue[Optional[_Worker]] = queue.LifoQueue()
         for _ in range(num_workers):
             self._slots.put(None)
         self._request_ids = itertools.count()
