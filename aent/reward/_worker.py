@@ -29,6 +29,19 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _verdict(gold: str, prediction: str, parse, verify, latex_config, expr_config):
+    verdict, detail = _verdict_once(gold, prediction, parse, verify, latex_config, expr_config)
+    if verdict == "wrong" and ("\\%" in gold or "\\%" in prediction):
+        # MATH's convention: "25\%" and "25" are the same answer; math-verify reads "25\%" as 0.25, so 0.25 is
+        # accepted by the first check and 25 by this one.
+        verdict, detail = _verdict_once(
+            gold.replace("\\%", ""), prediction.replace("\\%", ""), parse, verify, latex_config, expr_config
+        )
+        if verdict != "correct":
+            verdict = "wrong"
+    return verdict, detail
+
+
+def _verdict_once(gold: str, prediction: str, parse, verify, latex_config, expr_config):
     gold_parsed = parse("\\boxed{" + gold + "}", (latex_config,), parsing_timeout=None)
     if not gold_parsed:
         return "gold_parse_error", ""

@@ -196,7 +196,7 @@ def normalize_ground_truth(data_source: str, ground_truth) -> str:
     A list (OlympiadBench's ``final_answer``) is joined with ", ".
     """
     if isinstance(ground_truth, (list, tuple)):
-        ground_truth = ", ".join(str(g) for g in ground_truth)
+        ground_truth = ", ".join(_strip_math_delimiters(str(g)) for g in ground_truth)
     gold = str(ground_truth).strip()
     if is_gsm8k_source(data_source):
         if "####" in gold:
