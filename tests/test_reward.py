@@ -67,7 +67,7 @@ CASES = [
     (MATH, r"30^\circ", STEPS + r"$\boxed{60^\circ}$", "wrong"),
     (MATH, r"25\%", STEPS + r"$\boxed{25}$", "correct"),
     (MATH, r"25\%", STEPS + r"$\boxed{25\%}$", "correct"),
-    (MATH, r"25\%", STEPS + r"$\boxed{0.25}$", "correct"),
+    (MATH, r"25\%", STEPS + r"$\boxed{0.25}$", "wrong"),  # a percentage question wants the percentage
     (MATH, r"25\%", STEPS + r"$\boxed{26\%}$", "wrong"),
     (MATH, r"\$18.90", STEPS + r"$\boxed{18.90}$", "correct"),
     # intervals, sets, tuples, matrices
