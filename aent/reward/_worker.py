@@ -31,7 +31,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 def _verdict(gold: str, prediction: str, parse, verify, latex_config, expr_config):
     verdict, detail = _verdict_once(gold, prediction, parse, verify, latex_config, expr_config)
     if verdict == "wrong" and ("\\%" in gold or "\\%" in prediction):
-        # MATH's convention: "25\\%" and "25" are the same answer. math-verify keeps "25\\%" as an unparsed string,
+        # MATH's convention: "25\%" and "25" are the same answer. math-verify keeps "25\%" as an unparsed string,
         # so it would only accept the identical text.
         verdict, detail = _verdict_once(
             gold.replace("\\%", ""), prediction.replace("\\%", ""), parse, verify, latex_config, expr_config
