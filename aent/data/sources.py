@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from aent.reward.extract import last_boxed, strip_thousands_separators
+from aent.reward.extract import strip_thousands_separators
 
 # verl's MATH preprocessing, as used by the paper's setup (Section 5).
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."

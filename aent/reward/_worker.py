@@ -10,6 +10,8 @@ Protocol (``multiprocessing.connection`` framing over the stdin/stdout pipes):
   parent -> worker  (request_id, gold, prediction)
   worker -> parent  (request_id, verdict, detail) verdict in {"correct", "wrong", "parse_error", "gold_parse_error",
                                                   "error"}
+  With prediction None the worker only parses the gold answer: verdict "parsed" (to a sympy object) or
+  "parse_error".
 """
 
 import logging
@@ -64,6 +66,7 @@ def main() -> int:
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from sympy import Basic, MatrixBase
 
     # math-verify warns once that its timeout is disabled; the parent enforces one.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -78,7 +81,12 @@ def main() -> int:
             return 0
         request_id, gold, prediction = request
         try:
-            verdict, detail = _verdict(gold, prediction, parse, verify, latex_config, expr_config)
+            if prediction is None:  # only check that the gold answer parses to a sympy object
+                parsed = parse("\\boxed{" + gold + "}", (latex_config,), parsing_timeout=None)
+                ok = any(isinstance(item, (Basic, MatrixBase)) for item in parsed)
+                verdict, detail = ("parsed" if ok else "parse_error"), ""
+            else:
+                verdict, detail = _verdict(gold, prediction, parse, verify, latex_config, expr_config)
         except Exception as exc:  # noqa: BLE001 - any failure of the checker is reported, never raised here
             verdict, detail = "error", f"{type(exc).__name__}: {str(exc)[:200]}"
         try:

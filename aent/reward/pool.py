@@ -154,9 +154,10 @@ class VerifyPool:
             for worker in taken:
                 self._slots.put(worker)
 
-    def verify(self, gold: str, prediction: str, timeout: float) -> Tuple[str, str]:
+    def verify(self, gold: str, prediction: Optional[str], timeout: float) -> Tuple[str, str]:
         """(verdict, detail): verdict is the worker's ("correct", "wrong", "parse_error", "gold_parse_error",
-        "error"), or TIMEOUT, or CRASHED (the worker died twice in a row on this input)."""
+        "error"), or TIMEOUT, or CRASHED (the worker died twice in a row on this input). With ``prediction`` None,
+        only checks that ``gold`` parses: "parsed" or "parse_error"."""
         if self._closed:
             raise RuntimeError("the math-verify pool was shut down")
         worker = self._slots.get()
