@@ -168,3 +168,29 @@ def test_the_trainer_refuses_before_building_anything():
     with pytest.raises(StartupError, match="entropy_coeff=0"):
         AEntTrainer(cfg)
     assert cfg.trainer.v1.trainer_mode == "aent"  # untouched: nothing ran past the checks
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
+    import shlex
+    import subprocess
+
+    root = os.path.dirname(CONFIG_DIR)
+    env = dict(os.environ, DRY_RUN="1", NNODES="2")
+    proc = subprocess.run(
+        [os.path.join(root, "scripts", f"run_{recipe}.sh"), "/models/m", str(tmp_path), "4", "run1", "--",
+         "trainer.total_epochs=1"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["-m", "verl.trainer.main_ppo"] and f"--config-name={recipe}" in argv
+    overrides = [a for a in argv[3:] if not a.startswith("--config")]
+    cfg = _compose(recipe, overrides)
+    assert cfg.actor_rollout_ref.model.path == "/models/m"
+    assert (cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes, cfg.trainer.total_epochs) == (4, 2, 1)
+    assert cfg.trainer.experiment_name == "run1" and cfg.trainer.default_local_dir == "checkpoints/run1"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.AENT_DATA_DIR == str(tmp_path)
+    missing = subprocess.run([os.path.join(root, "scripts", f"run_{recipe}.sh")], capture_output=True, text=True,
+                             env=dict(os.environ, DRY_RUN="1", MODEL_PATH="", DATA_DIR=""), timeout=60)
+    assert missing.returncode == 2 and "MODEL_PATH is required" in missing.stderr
