@@ -172,6 +172,33 @@ def run_checks(out_path: str) -> None:
         grad_bonus_norm=ref_sq**0.5,
     )
 
+    # -- the seam itself: prepare_model_outputs hands the loss real logits and keeps their gradient --------------
+    td, seqs, _, _ = _batch(torch, tu, left_right_2_no_padding, 4, aent_step_flags(COEF))
+    ids = torch.cat(seqs).unsqueeze(0)
+    raw = hf(input_ids=ids, position_ids=torch.cat([torch.arange(len(q)) for q in seqs]).unsqueeze(0))
+    raw.logits.retain_grad()
+    output_args = {
+        "input_ids_rmpad_rolled": torch.roll(ids[0], -1),
+        "temperature_rmpad": torch.full((ids.shape[1],), TEMPERATURE),
+        "pad_size": 0,
+        "temperature_is_one": False,
+    }
+    model_output = engine.prepare_model_outputs(
+        output=raw, output_args=output_args, micro_batch=td, logits_processor_func=make_aent_loss(actor_config(), CLAMP_P)
+    )
+    seam = model_output["aent_clamped_entropy"]
+    seam.values().sum().backward()
+    scaled = (raw.logits.detach()[0] / TEMPERATURE).double().requires_grad_(True)
+    ref = aent.clamped_entropy(scaled, CLAMP_P, impl="reference")
+    ref.sum().backward()
+    results.update(
+        seam_is_nested=bool(seam.is_nested),
+        seam_has_log_probs="log_probs" in model_output and "entropy" in model_output,
+        seam_value_err=float((seam.values().detach().double() - ref.detach()).abs().max()),
+        seam_grad_err=float((raw.logits.grad[0].double() - scaled.grad / TEMPERATURE).abs().max()),
+        seam_grad_norm=float(raw.logits.grad.norm()),
+    )
+
     # -- micro-batch split invariance, each loss_agg_mode ---------------------------------------------------------
     split = {}
     for mode in MODES:
@@ -252,6 +279,14 @@ def test_metrics_come_back_with_verls_own_entropy(engine_results):
     assert engine_results["metric_coef"] == COEF
     # verl's full-vocabulary entropy is still computed, and the clamped one (30% of the vocabulary cut) is smaller
     assert engine_results["full_entropy_metric"] > engine_results["metric_clamped_entropy"]
+
+
+def test_logits_seam_passes_real_logits_and_keeps_their_gradient(engine_results):
+    r = engine_results
+    assert r["seam_is_nested"] and r["seam_has_log_probs"]
+    assert r["seam_value_err"] < 1e-5
+    assert r["seam_grad_norm"] > 0
+    assert r["seam_grad_err"] < 1e-6
 
 
 @pytest.mark.parametrize("mode", MODES)
