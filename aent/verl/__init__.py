@@ -11,15 +11,24 @@ Three ways in (docs/VERL.md):
 Importing this package imports verl lazily: ``aent.verl.options`` and ``aent.verl.loss`` need only torch until used.
 """
 
+from aent.verl.checks import StartupError, check_config
 from aent.verl.loss import AEntPolicyLoss, aent_step_flags, make_aent_loss
 from aent.verl.options import AEntOptions, options_from_config
 
-__all__ = ["AEntOptions", "AEntPolicyLoss", "aent_step_flags", "make_aent_loss", "options_from_config"]
+__all__ = [
+    "AEntOptions",
+    "AEntPolicyLoss",
+    "StartupError",
+    "aent_step_flags",
+    "check_config",
+    "make_aent_loss",
+    "options_from_config",
+]
 
 
 def __getattr__(name):
     # The trainer pulls in verl's whole V1 trainer stack (Ray, TransferQueue): load it only when asked for.
-    if name in ("AEntTrainer", "check_config", "StartupError"):
+    if name == "AEntTrainer":
         from aent.verl import trainer
 
         return getattr(trainer, name)

@@ -163,7 +163,7 @@ class AEntPolicyLoss:
 def make_aent_loss(actor_config: Any, clamp_p: float, *, chunk_size: Optional[int] = None, impl: Optional[str] = None):
     """The AEnt loss for ``actor_rollout_wg.set_loss_fn(...)`` or ``engine.train_batch(data, loss_function=...)``.
 
-    ``actor_config`` may carry ``entropy_coeff != 0`` only if you want it refused; pass the run's actor config.
+    ``actor_config`` is the run's actor config; one with ``entropy_coeff != 0`` is refused (two entropy bonuses).
     Each actor-update batch must carry :func:`aent_step_flags` ``(coef)``. The metrics it returns (under
     ``actor/``): ``aent_clamped_entropy`` (token-mean over the mini-batch, nats), ``aent_coef``,
     ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a step is the token-weighted
