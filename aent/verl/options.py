@@ -1,0 +1,168 @@
+"""The ``aent:`` options block of a verl run (a top-level Hydra block; verl's own dataclasses reject unknown keys
+under ``actor_rollout_ref.actor``).
+
+Defaults are the paper's setting (a) (Qwen2.5-Math-1.5B on MATH; SPEC section 3). Constant versus adaptive is chosen
+by the values: ``lr = 0`` keeps the coefficient at ``coef_init`` for the whole run (``coef_min``/``coef_max``/band are
+then unused); ``lr > 0`` runs the controller of Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient
+
+__all__ = ["AEntOptions", "options_from_config", "options_help"]
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the conventional metadata name
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class AEntOptions:
+    """AEnt settings (arXiv 2509.03493). Set them as ``+aent.<name>=<value>`` or in a recipe's ``aent:`` block."""
+
+    clamp_p: float = _opt(
+        0.33,
+        "Removed fraction of the vocabulary, in [0, 1): the floor(clamp_p * V) lowest-logit tokens of each position "
+        "are dropped before the entropy is taken (paper section 3, 'clamped entropy'; setting a 0.33, b 0.25). "
+        "0 gives the plain full-vocabulary entropy bonus. Unitless. Default 0.33.",
+    )
+    coef_init: float = _opt(
+        0.002,
+        "Starting entropy coefficient lambda_0 (paper Algorithm 1; a 0.002, b 3e-4). With lr = 0 it is the constant "
+        "coefficient of the whole run. Unitless (loss per nat). Default 0.002.",
+    )
+    entropy_low: float = _opt(
+        0.15,
+        "Lower edge of the target band of the clamped entropy, in nats per response token (Algorithm 1; a 0.15, "
+        "b 0.35). Below it the coefficient rises. Default 0.15.",
+    )
+    entropy_high: float = _opt(
+        0.24,
+        "Upper edge of the target band, in nats per response token (Algorithm 1; a 0.24, b 0.62). Above it the "
+        "coefficient falls. Default 0.24.",
+    )
+    lr: float = _opt(
+        0.002,
+        "Step size of the coefficient controller per global step, per nat outside the band (Algorithm 1; a 0.002, "
+        "b 1e-4). 0 keeps the coefficient constant at coef_init. Default 0.002.",
+    )
+    coef_min: float = _opt(
+        6e-4, "Lower clip of the adaptive coefficient (Algorithm 1; a 6e-4, b 4e-5). Unused when lr = 0. Default 6e-4."
+    )
+    coef_max: float = _opt(
+        9e-3, "Upper clip of the adaptive coefficient (Algorithm 1; a 9e-3, b 1e-3). Unused when lr = 0. Default 9e-3."
+    )
+    warmup_steps: int = _opt(
+        30,
+        "Global steps before the controller starts moving the coefficient; the entropy is measured from step 1 "
+        "(paper section 5 setup; a 30, b 156). Default 30.",
+    )
+    reg: float = _opt(
+        0.0,
+        "Pull of the coefficient toward coef_init per step, as a multiple of lr (SPEC section 3; the paper uses 0). "
+        "Unitless. Default 0.",
+    )
+    chunk_size: Optional[int] = _opt(
+        None,
+        "Rows (tokens) per chunk of the clamped-entropy computation; bounds its extra memory to about "
+        "5 x chunk_size x V x 4 bytes. null picks a size per device. Not a paper setting. Default null.",
+    )
+    impl: Optional[str] = _opt(
+        None,
+        "Clamped-entropy implementation: null/auto (fused Triton kernels on CUDA when available, else chunked "
+        "torch), torch, triton or reference (float64, for checks only). Default null.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("clamp_p", "coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise ValueError(f"aent.{name} must be a finite number, got {value!r} (set +aent.{name}=<number>)")
+        if not 0.0 <= float(self.clamp_p) < 1.0:
+            raise ValueError(
+                f"aent.clamp_p must be in [0, 1) (the removed fraction of the vocabulary; the paper uses 0.25-0.33), "
+                f"got {self.clamp_p!r}"
+            )
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"aent.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
+        ):
+            raise ValueError(f"aent.chunk_size must be a positive integer or null, got {self.chunk_size!r}")
+        from aent.entropy import IMPLEMENTATIONS
+
+        if self.impl is not None and self.impl not in IMPLEMENTATIONS:
+            raise ValueError(f"aent.impl must be one of {IMPLEMENTATIONS} or null, got {self.impl!r}")
+        try:
+            self.build_coefficient()
+        except ValueError as err:
+            raise ValueError(f"invalid aent options: {err} (names: init -> aent.coef_init, others aent.<name>)") from None
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the coefficient follows the controller (``lr > 0``), False for a constant coefficient."""
+        return float(self.lr) > 0.0
+
+    def build_coefficient(self) -> AdaptiveCoefficient:
+        """A fresh :class:`aent.AdaptiveCoefficient` (``lr > 0``) or :class:`aent.ConstantCoefficient` (``lr = 0``)."""
+        if not self.adaptive:
+            if float(self.lr) < 0:
+                raise ValueError(f"lr must be >= 0, got {self.lr}")
+            return ConstantCoefficient(float(self.coef_init))
+        return AdaptiveCoefficient(
+            init=float(self.coef_init),
+            entropy_low=float(self.entropy_low),
+            entropy_high=float(self.entropy_high),
+            lr=float(self.lr),
+            coef_min=float(self.coef_min),
+            coef_max=float(self.coef_max),
+            warmup_steps=int(self.warmup_steps),
+            reg=float(self.reg),
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def options_from_config(config: Any) -> AEntOptions:
+    """Read the top-level ``aent`` block of a verl config (OmegaConf or mapping); missing block = all defaults.
+
+    Unknown keys are an error that names the key and lists the valid ones.
+    """
+    block = None
+    if config is not None:
+        block = config.get("aent", None) if hasattr(config, "get") else None
+    if block is None:
+        return AEntOptions()
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(block, DictConfig):
+            block = OmegaConf.to_container(block, resolve=True)
+    except ImportError:  # plain mappings only
+        pass
+    if not isinstance(block, Mapping):
+        raise ValueError(f"the aent config block must be a mapping of options, got {block!r}")
+    names = {f.name for f in dataclasses.fields(AEntOptions)}
+    unknown = sorted(set(block) - names)
+    if unknown:
+        raise ValueError(f"unknown aent option(s) {unknown}: valid options are {sorted(names)} (see docs/VERL.md)")
+    values = dict(block)
+    for name in ("clamp_p", "coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
+        if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
+            values[name] = float(values[name])
+    return AEntOptions(**values)
+
+
+def options_help() -> str:
+    """One line per option: name, default and help text (for ``--help`` style listings and the docs)."""
+    lines = []
+    for f in dataclasses.fields(AEntOptions):
+        lines.append(f"aent.{f.name} (default {f.default!r}): {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""The ``aent`` trainer mode of verl's V1 trainer (``trainer.v1.trainer_mode=aent``).
+
+verl's synchronous trainer, plus:
+
+* start-up checks on the driver (:func:`aent.verl.checks.check_config`) before anything is built;
+* the AEnt loss (:func:`aent.verl.make_aent_loss`) installed once in every actor worker after ``init_model``;
+* per actor update, the step flags and the current coefficient sent with the batch (:func:`aent_step_flags`);
+* after each global step's updates, the token-weighted clamped entropy measured during them (summed over
+  mini-batches, micro-batches and ranks) feeds the coefficient controller; the new value goes with the next update;
+* the controller state written to ``global_step_N/aent_controller.json`` in every checkpoint and restored on resume.
+
+Importing this module imports verl's V1 trainer stack (Ray, TransferQueue); the ``verl.plugins`` entry point
+(:mod:`aent.verl.plugin`) arranges that it happens whenever verl's V1 trainer is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, Optional
+
+from omegaconf import open_dict
+from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
+
+from aent.verl.checks import TRAINER_MODE, StartupError, check_config
+from aent.verl.loss import (
+    METRIC_CLAMPED_ENTROPY,
+    METRIC_COEF,
+    METRIC_ENTROPY_SUM,
+    METRIC_NONFINITE,
+    METRIC_NUM_TOKENS,
+    aent_step_flags,
+    make_aent_loss,
+)
+
+__all__ = ["AEntTrainer", "CONTROLLER_FILE", "StartupError", "check_config"]
+
+logger = logging.getLogger(__name__)
+
+CONTROLLER_FILE = "aent_controller.json"
+METRIC_COEF_NEXT = "actor/aent_coef_next"
+
+
+class _WithStepFlags:
+    """The actor worker group, with this step's AEnt values added to the batch of ``update_actor``.
+
+    verl's ``_update_actor`` writes its own ``distillation_use_topk``/``calculate_entropy`` into the batch right
+    before calling the worker group; adding ours at the call keeps the rest of that method verl's.
+    """
+
+    def __init__(self, worker_group: Any, flags: Dict[str, Any]):
+        self._worker_group = worker_group
+        self._flags = flags
+
+    def update_actor(self, batch, *args, **kwargs):
+        batch.extra_info.update(self._flags)
+        return self._worker_group.update_actor(batch, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._worker_group, name)
+
+
+@register_trainer(TRAINER_MODE)
+class AEntTrainer(PPOTrainerSync):
+    """verl's synchronous V1 trainer with the AEnt entropy bonus and its adaptive coefficient (SPEC sections 2-3)."""
+
+    def __init__(self, config):
+        self.aent_options = check_config(config)  # refuse before anything is built
+        self.coefficient = self.aent_options.build_coefficient()
+        self._aent_sums = [0.0, 0.0, 0.0]  # entropy sum, response tokens, non-finite tokens of this global step
+        # verl's base class compares trainer_mode with "sync" in several places: run as "sync" from here on.
+        with open_dict(config):
+            config.trainer.v1.trainer_mode = "sync"
+        super().__init__(config)
+        logger.warning(
+            "AEnt: clamp_p=%s, %s coefficient %s", self.aent_options.clamp_p,
+            "adaptive" if self.aent_options.adaptive else "constant", self.coefficient,
+        )
+
+    # -- the loss ------------------------------------------------------------------------------------------
+    def build_aent_loss(self):
+        from verl.utils.config import omega_conf_to_dataclass
+
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        return make_aent_loss(
+            actor_config, self.aent_options.clamp_p, chunk_size=self.aent_options.chunk_size, impl=self.aent_options.impl
+        )
+
+    def on_init_end(self):
+        # once, after init_model (which installs verl's own ppo_loss) and the checkpoint load
+        self.actor_rollout_wg.set_loss_fn(self.build_aent_loss())
+        super().on_init_end()
+
+    # -- per step ------------------------------------------------------------------------------------------
+    def _update_actor(self, batch, metrics: dict):
+        worker_group = self.actor_rollout_wg
+        self.actor_rollout_wg = _WithStepFlags(worker_group, aent_step_flags(self.coefficient.value))
+        try:
+            batch = super()._update_actor(batch, metrics)
+        finally:
+            self.actor_rollout_wg = worker_group
+        if METRIC_NUM_TOKENS not in metrics:
+            raise RuntimeError(
+                "the actor update returned no AEnt measurement: the actor workers are not running the AEnt loss "
+                "(was set_loss_fn replaced?)"
+            )
+        # verl reduced each metric with a mean over the update's mini-batches; the ratio of the two means is the
+        # token-weighted clamped entropy over all of them. Updates of one global step (parameter_sync_step > 1)
+        # have the same number of mini-batches, so adding their means keeps the ratio token-weighted.
+        self._aent_sums[0] += float(metrics[METRIC_ENTROPY_SUM])
+        self._aent_sums[1] += float(metrics[METRIC_NUM_TOKENS])
+        self._aent_sums[2] += float(metrics.get(METRIC_NONFINITE, 0.0))
+        return batch
+
+    def step(self, metrics: dict, timing_raw: dict):
+        self._aent_sums = [0.0, 0.0, 0.0]
+        coef_used = self.coefficient.value
+        batch = super().step(metrics, timing_raw)
+        self.aent_controller_step(metrics, coef_used)
+        return batch
+
+    def aent_controller_step(self, metrics: dict, coef_used: float) -> Optional[float]:
+        """Feed this global step's measurement to the controller; write the step's AEnt metrics. Runs on the driver
+        after the step's actor updates and before its checkpoint, so a checkpoint holds the coefficient of the next
+        step."""
+        ent_sum, num_tokens, nonfinite = self._aent_sums
+        if nonfinite > 0:
+            raise FloatingPointError(
+                f"AEnt: {int(round(nonfinite))} response tokens of global step {self.global_steps} had NaN or +inf "
+                "logits, so their clamped entropy is undefined. The policy has diverged: resume from the last "
+                "checkpoint with a lower actor_rollout_ref.actor.optim.lr or a grad_clip, or check the model's dtype."
+            )
+        if num_tokens <= 0:
+            return None  # no actor update this step (e.g. trainer.critic_warmup)
+        entropy = ent_sum / num_tokens
+        new_value = self.coefficient.update(entropy, step=int(self.global_steps))
+        metrics[METRIC_CLAMPED_ENTROPY] = entropy
+        metrics[METRIC_COEF] = coef_used
+        metrics[METRIC_COEF_NEXT] = new_value
+        return new_value
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def _step_folder(self) -> str:
+        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+
+    def _save_checkpoint(self):
+        # written before verl's own files: verl marks the checkpoint complete last (latest_checkpointed_iteration)
+        folder = self._step_folder()
+        os.makedirs(folder, exist_ok=True)
+        state = {"options": self.aent_options.to_dict(), "coefficient": self.coefficient.state_dict()}
+        tmp = os.path.join(folder, CONTROLLER_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f, indent=1)
+        os.replace(tmp, os.path.join(folder, CONTROLLER_FILE))
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if not self.global_steps:
+            return
+        if self.config.trainer.resume_mode == "resume_path":
+            folder = self.config.trainer.resume_from_path
+        else:
+            folder = self._step_folder()
+        if not os.path.isabs(folder):
+            folder = os.path.join(os.getcwd(), folder)
+        self.load_controller(os.path.join(folder, CONTROLLER_FILE))
+
+    def load_controller(self, path: str) -> None:
+        """Restore the coefficient saved at ``path`` (a missing file: warn and keep ``coef_init``)."""
+        if not os.path.exists(path):
+            logger.warning(
+                "AEnt: resuming from a checkpoint without %s (not an AEnt run?): the coefficient restarts at %s",
+                CONTROLLER_FILE, self.coefficient.value,
+            )
+            return
+        with open(path) as f:
+            state = json.load(f)
+        try:
+            self.coefficient.load_state_dict(state["coefficient"])
+        except (KeyError, ValueError) as err:
+            raise StartupError(
+                f"cannot restore the AEnt controller from {path}: {err}. The checkpoint was written with options "
+                f"{state.get('options')}; resume with the same kind of coefficient (aent.lr > 0 adaptive, = 0 "
+                "constant) or start a fresh run (trainer.resume_mode=disable)"
+            ) from None
+        if not math.isfinite(self.coefficient.value):
+            raise StartupError(f"the AEnt controller state in {path} holds a non-finite coefficient")
+        logger.warning("AEnt: restored the controller from %s: %s", path, self.coefficient)

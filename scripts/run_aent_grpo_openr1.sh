@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Recipe configs/aent_grpo_openr1.yaml. Usage: scripts/run_aent_grpo_openr1.sh [MODEL_PATH [DATA_DIR [N_GPUS [RUN_NAME]]]] [-- overrides]
+# (or MODEL_PATH, DATA_DIR, N_GPUS, RUN_NAME, NNODES in the environment; see scripts/launch_recipe.sh).
+exec "$(dirname "${BASH_SOURCE[0]}")/launch_recipe.sh" aent_grpo_openr1 "$@"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Recipe configs/grpo_math.yaml. Usage: scripts/run_grpo_math.sh [MODEL_PATH [DATA_DIR [N_GPUS [RUN_NAME]]]] [-- overrides]
+# (or MODEL_PATH, DATA_DIR, N_GPUS, RUN_NAME, NNODES in the environment; see scripts/launch_recipe.sh).
+exec "$(dirname "${BASH_SOURCE[0]}")/launch_recipe.sh" grpo_math "$@"

@@ -1,0 +1,306 @@
+"""Integration test: the AEnt loss inside verl's REAL FSDP2 training engine, on a CPU.
+
+The engine runs in a fresh subprocess (it registers a CPU platform with verl and starts torch.distributed, which must
+not leak into other tests). The subprocess builds a tiny random Qwen2 and a tokenizer, runs
+``engine.train_batch(data, loss_function=make_aent_loss(...))`` with the per-step flags, and compares everything with
+an independent forward/backward of the same weights through plain transformers and the float64 reference entropy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+pytest.importorskip("verl")
+pytest.importorskip("transformers")
+
+MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+COEF = 0.5
+TEMPERATURE = 0.7
+CLAMP_P = 0.3
+
+
+def _batch(torch, tu, left_right_2_no_padding, micro_batch_size, flags):
+    from tensordict import TensorDict
+
+    gen = torch.Generator().manual_seed(1)
+    bs, P, R = 4, 6, 5
+    prompts = torch.randint(3, 300, (bs, P), generator=gen)
+    responses = torch.randint(3, 300, (bs, R), generator=gen)
+    prompt_lens, resp_lens = [6, 4, 5, 3], [5, 3, 4, 2]
+    attn = torch.zeros(bs, P + R, dtype=torch.long)
+    for i in range(bs):
+        attn[i, P - prompt_lens[i] : P] = 1
+        attn[i, P : P + resp_lens[i]] = 1
+    td = TensorDict(
+        {
+            "input_ids": torch.cat([prompts, responses], 1),
+            "attention_mask": attn,
+            "position_ids": (attn.cumsum(-1) - 1).clamp_min(0),
+            "response_mask": attn[:, P:].clone(),
+            "prompts": prompts,
+            "responses": responses,
+            "old_log_probs": -torch.rand(bs, R, generator=gen),
+            "advantages": torch.randn(bs, R, generator=gen),
+        },
+        batch_size=[bs],
+    )
+    seqs = [torch.cat([prompts[i, P - prompt_lens[i] :], responses[i, : resp_lens[i]]]) for i in range(bs)]
+    td = left_right_2_no_padding(td)
+    tu.assign_non_tensor(
+        td,
+        use_remove_padding=True,
+        use_dynamic_bsz=False,
+        micro_batch_size_per_gpu=micro_batch_size,
+        global_batch_size=bs,
+        max_token_len_per_gpu=4096,
+        use_fused_kernels=False,
+        temperature=TEMPERATURE,
+        **flags,
+    )
+    return td, seqs, prompt_lens, resp_lens
+
+
+def run_checks(out_path: str) -> None:
+    """Runs in the subprocess; writes a JSON dict of measured quantities to ``out_path``."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from aent.verl.testing import build_tiny_qwen2, init_single_process_group, use_cpu_platform
+
+    use_cpu_platform()
+    init_single_process_group()
+    import torch
+    from transformers import Qwen2ForCausalLM
+    from verl.trainer.config import CheckpointConfig
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config import FSDPActorConfig, FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.engine import EngineRegistry
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    import aent
+    from aent.verl import AEntPolicyLoss, aent_step_flags, make_aent_loss
+
+    results = {}
+    path = build_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
+    engine = EngineRegistry.new(
+        model_type="language_model",
+        backend="fsdp2",
+        model_config=HFModelConfig(path=path, use_remove_padding=True, override_config={"attn_implementation": "sdpa"}),
+        engine_config=FSDPEngineConfig(
+            strategy="fsdp2",
+            use_torch_compile=False,
+            model_dtype="fp32",
+            mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        ),
+        optimizer_config=FSDPOptimizerConfig(lr=0.0),  # weights stay put, so every run sees the same policy
+        checkpoint_config=CheckpointConfig(),
+    )
+    engine.initialize()
+    results["engine_class"] = type(engine).__name__
+
+    class RecordingLoss(AEntPolicyLoss):
+        """Keeps the logits the engine hands over (a copy; the math is the library's)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen_logits = []
+
+        def clamped_entropy_of_logits(self, student_logits):
+            self.seen_logits.append(student_logits.detach().clone())
+            return super().clamped_entropy_of_logits(student_logits)
+
+    def actor_config(mode="token-mean", loss_scale_factor=None):
+        return FSDPActorConfig(
+            strategy="fsdp2",
+            ppo_mini_batch_size=4,
+            ppo_micro_batch_size_per_gpu=2,
+            rollout_n=1,
+            loss_agg_mode=mode,
+            loss_scale_factor=loss_scale_factor,
+        )
+
+    def train(loss_fn, micro, coef):
+        td, seqs, pls, rls = _batch(torch, tu, left_right_2_no_padding, micro, aent_step_flags(coef))
+        out = engine.train_batch(td, loss_function=loss_fn)
+        grads = {n: p.grad.full_tensor().clone() for n, p in engine.module.named_parameters() if p.grad is not None}
+        metrics = {k: float(v.aggregate()) if hasattr(v, "aggregate") else v for k, v in out["metrics"].items()}
+        metrics.pop("grad_norm", None)
+        return float(sum(out["loss"])), grads, metrics, (seqs, pls, rls)
+
+    # -- the bonus, measured against an independent forward/backward ----------------------------------------------
+    loss_c = RecordingLoss(actor_config(), CLAMP_P)
+    loss1, g1, m1, (seqs, pls, rls) = train(loss_c, 2, COEF)
+    loss0, g0, m0, _ = train(make_aent_loss(actor_config(), CLAMP_P), 2, 0.0)
+
+    hf = Qwen2ForCausalLM.from_pretrained(path, attn_implementation="sdpa", torch_dtype=torch.float32)
+    ent_rows, logit_err = [], 0.0
+    seen = torch.cat([t.squeeze(0) for t in loss_c.seen_logits], 0)
+    row = 0
+    for seq, pl, rl in zip(seqs, pls, rls):
+        logits = hf(input_ids=seq.unsqueeze(0)).logits[0] / TEMPERATURE
+        logit_err = max(logit_err, float((seen[row : row + len(seq)] - logits.detach()).abs().max()))
+        row += len(seq)
+        ent_rows.append(aent.clamped_entropy(logits[pl - 1 : pl + rl - 1].double(), CLAMP_P, impl="reference"))
+    ent_all = torch.cat(ent_rows)
+    h_ref = ent_all.mean()
+    hf.zero_grad()
+    h_ref.backward()
+    gh = {n: p.grad.detach().float() for n, p in hf.named_parameters() if p.grad is not None}
+    diff_sq = sum(float(((g0[n] - g1[n]) - COEF * gh[n]).pow(2).sum()) for n in gh)
+    ref_sq = sum(float((COEF * gh[n]).pow(2).sum()) for n in gh)
+    results.update(
+        logits_rows_seen=int(seen.shape[0]),
+        logits_rows_expected=int(sum(len(s) for s in seqs)),
+        logits_vocab=int(seen.shape[1]),
+        max_abs_logit_err=logit_err,
+        clamped_entropy_ref=float(h_ref),
+        metric_entropy_sum=m1["actor/aent_entropy_sum"],
+        metric_num_tokens=m1["actor/aent_num_tokens"],
+        metric_clamped_entropy=m1["actor/aent_clamped_entropy"],
+        metric_clamped_entropy_coef0=m0["actor/aent_clamped_entropy"],
+        metric_coef=m1["actor/aent_coef"],
+        metric_nonfinite=m1["actor/aent_nonfinite_tokens"],
+        metric_keys=sorted(m1),
+        full_entropy_metric=m1.get("actor/entropy_loss"),
+        loss_drop=loss0 - loss1,
+        expected_loss_drop=COEF * float(h_ref),
+        grad_bonus_rel_err=(diff_sq / max(ref_sq, 1e-30)) ** 0.5,
+        grad_bonus_norm=ref_sq**0.5,
+    )
+
+    # -- the seam itself: prepare_model_outputs hands the loss real logits and keeps their gradient --------------
+    td, seqs, _, _ = _batch(torch, tu, left_right_2_no_padding, 4, aent_step_flags(COEF))
+    ids = torch.cat(seqs).unsqueeze(0)
+    raw = hf(input_ids=ids, position_ids=torch.cat([torch.arange(len(q)) for q in seqs]).unsqueeze(0))
+    raw.logits.retain_grad()
+    output_args = {
+        "input_ids_rmpad_rolled": torch.roll(ids[0], -1),
+        "temperature_rmpad": torch.full((ids.shape[1],), TEMPERATURE),
+        "pad_size": 0,
+        "temperature_is_one": False,
+    }
+    model_output = engine.prepare_model_outputs(
+        output=raw, output_args=output_args, micro_batch=td, logits_processor_func=make_aent_loss(actor_config(), CLAMP_P)
+    )
+    seam = model_output["aent_clamped_entropy"]
+    seam.values().sum().backward()
+    scaled = (raw.logits.detach()[0] / TEMPERATURE).double().requires_grad_(True)
+    ref = aent.clamped_entropy(scaled, CLAMP_P, impl="reference")
+    ref.sum().backward()
+    results.update(
+        seam_is_nested=bool(seam.is_nested),
+        seam_has_log_probs="log_probs" in model_output and "entropy" in model_output,
+        seam_value_err=float((seam.values().detach().double() - ref.detach()).abs().max()),
+        seam_grad_err=float((raw.logits.grad[0].double() - scaled.grad / TEMPERATURE).abs().max()),
+        seam_grad_norm=float(raw.logits.grad.norm()),
+    )
+
+    # -- micro-batch split invariance, each loss_agg_mode ---------------------------------------------------------
+    split = {}
+    for mode in MODES:
+        scale = 5.0 if mode == "seq-mean-token-sum-norm" else None  # a fixed horizon, as verl recommends
+        fn = make_aent_loss(actor_config(mode, scale), CLAMP_P)
+        runs = [train(fn, micro, COEF) for micro in (1, 4)]
+        (la, ga, ma, _), (lb, gb, mb, _) = runs
+        gdiff = max(float((ga[n] - gb[n]).abs().max()) for n in ga)
+        gmax = max(float(ga[n].abs().max()) for n in ga)
+        split[mode] = {
+            "loss": [la, lb],
+            "grad_max_abs_diff": gdiff,
+            "grad_max_abs": gmax,
+            "entropy_token_mean": [
+                ma["actor/aent_entropy_sum"] / ma["actor/aent_num_tokens"],
+                mb["actor/aent_entropy_sum"] / mb["actor/aent_num_tokens"],
+            ],
+        }
+    results["split"] = split
+
+    # -- without the per-step flags the loss refuses to train silently without the bonus -----------------------------
+    td, *_ = _batch(torch, tu, left_right_2_no_padding, 2, {})
+    try:
+        engine.train_batch(td, loss_function=make_aent_loss(actor_config(), CLAMP_P))
+        results["missing_flags_error"] = None
+    except RuntimeError as err:
+        results["missing_flags_error"] = str(err)
+
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+
+
+@pytest.fixture(scope="module")
+def engine_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "results.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=420, env=env, cwd=os.getcwd()
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"engine subprocess failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_engine_is_verls_fsdp_engine(engine_results):
+    assert engine_results["engine_class"] == "FSDPEngineWithLMHead"
+
+
+def test_clamped_entropy_comes_from_the_engines_temperature_scaled_logits(engine_results):
+    r = engine_results
+    # every packed row (prompt and response) of both micro-batches went through the seam, over the padded vocabulary
+    assert r["logits_rows_seen"] == r["logits_rows_expected"]
+    assert r["logits_vocab"] >= 384
+    # they are the model's logits divided by the rollout temperature
+    assert r["max_abs_logit_err"] < 1e-4
+    # the measured token-mean clamped entropy equals the float64 reference on those logits
+    assert r["metric_num_tokens"] == 14
+    assert r["metric_entropy_sum"] / r["metric_num_tokens"] == pytest.approx(r["clamped_entropy_ref"], rel=1e-5)
+    assert r["metric_clamped_entropy"] == pytest.approx(r["clamped_entropy_ref"], rel=1e-5)
+    assert r["metric_nonfinite"] == 0
+
+
+def test_entropy_is_measured_when_the_coefficient_is_zero(engine_results):
+    assert engine_results["metric_clamped_entropy_coef0"] == pytest.approx(engine_results["clamped_entropy_ref"], rel=1e-5)
+
+
+def test_bonus_enters_the_loss_and_its_gradient_reaches_the_weights(engine_results):
+    r = engine_results
+    assert r["loss_drop"] == pytest.approx(r["expected_loss_drop"], rel=1e-4)
+    assert r["grad_bonus_norm"] > 0
+    assert r["grad_bonus_rel_err"] < 1e-3
+
+
+def test_metrics_come_back_with_verls_own_entropy(engine_results):
+    keys = set(engine_results["metric_keys"])
+    assert {"actor/aent_clamped_entropy", "actor/aent_coef", "actor/pg_loss", "actor/entropy_loss"} <= keys
+    assert engine_results["metric_coef"] == COEF
+    # verl's full-vocabulary entropy is still computed, and the clamped one (30% of the vocabulary cut) is smaller
+    assert engine_results["full_entropy_metric"] > engine_results["metric_clamped_entropy"]
+
+
+def test_logits_seam_passes_real_logits_and_keeps_their_gradient(engine_results):
+    r = engine_results
+    assert r["seam_is_nested"] and r["seam_has_log_probs"]
+    assert r["seam_value_err"] < 1e-5
+    assert r["seam_grad_norm"] > 0
+    assert r["seam_grad_err"] < 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_micro_batch_split_invariance(engine_results, mode):
+    s = engine_results["split"][mode]
+    assert s["loss"][0] == pytest.approx(s["loss"][1], rel=1e-5, abs=1e-7)
+    assert s["grad_max_abs_diff"] <= 1e-5 * max(s["grad_max_abs"], 1e-6) + 1e-8
+    assert s["entropy_token_mean"][0] == pytest.approx(s["entropy_token_mean"][1], rel=1e-6)
+
+
+def test_training_without_the_step_flags_is_refused(engine_results):
+    err = engine_results["missing_flags_error"]
+    assert err is not None and "trainer_mode=aent" in err and "distillation_use_topk" in err
+
+
+if __name__ == "__main__":
+    run_checks(sys.argv[1])

@@ -1,0 +1,76 @@
+"""The ``verl.plugins`` entry point: ``import verl`` alone makes the ``aent`` trainer mode available, in a fresh
+process and in a Ray worker; a plugin that cannot load says so with a warning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("verl")
+
+CHECK = (
+    "import sys, verl\n"
+    "assert sys.modules.get('aent.verl.trainer') is None, 'the plugin must not import the V1 trainer eagerly'\n"
+    "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+    "print('MODE', get_trainer_cls('aent').__module__, get_trainer_cls('aent').__name__)\n"
+)
+
+
+def _run(code, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300,
+                          env=full_env)
+
+
+def test_entry_point_is_in_the_package_metadata():
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group="verl.plugins") if ep.name == "aent"]
+    assert ep.value == "aent.verl.plugin"
+
+
+def test_import_verl_in_a_fresh_process_registers_the_mode():
+    proc = _run(CHECK)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "MODE aent.verl.trainer AEntTrainer" in proc.stdout
+    assert "could not register" not in proc.stderr
+
+
+def test_a_plugin_that_cannot_load_warns():
+    code = "import sys\nsys.modules['aent.verl.trainer'] = None  # a broken install\n" + CHECK
+    proc = _run(code)
+    assert proc.returncode != 0  # verl then reports the unknown trainer mode itself
+    assert "could not register verl trainer mode 'aent'" in proc.stderr
+    assert "Unknown trainer 'aent'" in proc.stderr
+
+
+def test_plugins_disabled_leaves_verl_alone():
+    proc = _run(
+        "import verl\nfrom verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY\nprint('HAS', 'aent' in TRAINER_REGISTRY)",
+        VERL_USE_EXTERNAL_PLUGINS="none",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "HAS False" in proc.stdout
+
+
+def test_mode_is_available_in_a_ray_worker():
+    ray = pytest.importorskip("ray")
+    try:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    except Exception as err:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Ray cannot start here: {err}")
+    try:
+
+        @ray.remote(num_cpus=1)
+        def trainer_mode_in_worker():
+            import verl  # noqa: F401  (the worker process loads plugins by itself)
+            from verl.trainer.ppo.v1 import get_trainer_cls
+
+            return get_trainer_cls("aent").__name__
+
+        assert ray.get(trainer_mode_in_worker.remote(), timeout=240) == "AEntTrainer"
+    finally:
+        ray.shutdown()

@@ -1,0 +1,196 @@
+"""Recipes compose with Hydra from the checkout, convert to verl's config dataclasses, take user overrides; every
+start-up refusal of the ``aent`` trainer mode names the key and the fix."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("verl")
+hydra = pytest.importorskip("hydra")
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+RECIPES = ("grpo_math", "aent_grpo_math", "entreg_math", "aent_grpo_openr1")
+EVAL_SETS = ("math_hard", "math500", "aime24", "amc23", "minerva", "olympiadbench")
+
+
+def _compose(name, overrides=()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name=name, overrides=list(overrides))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    return {name: _compose(name, ["trainer.n_gpus_per_node=8"]) for name in RECIPES}
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_converts_to_verl_dataclasses(recipes, name, monkeypatch):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.workers.config import FSDPActorConfig, RolloutConfig
+
+    monkeypatch.setenv("AENT_DATA_DIR", "/data/aent")
+    cfg = recipes[name].copy()
+    OmegaConf.resolve(cfg)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert isinstance(actor, FSDPActorConfig) and isinstance(rollout, RolloutConfig)
+    assert actor.entropy_coeff == 0 and not actor.use_kl_loss and actor.ppo_epochs == 1
+    assert cfg.algorithm.adv_estimator == "grpo" and not cfg.algorithm.use_kl_in_reward
+    assert rollout.name == "vllm" and rollout.temperature == 1.0
+    # evaluation as in the paper: six sets, 4 samples at temperature 0.6, top-p 0.95, periodic tests
+    assert [os.path.basename(p) for p in cfg.data.val_files] == [f"{s}.parquet" for s in EVAL_SETS]
+    assert all(p.startswith("/data/aent/") for p in cfg.data.val_files)
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.temperature, rollout.val_kwargs.top_p) == (4, 0.6, 0.95)
+    assert rollout.val_kwargs.do_sample and cfg.trainer.test_freq > 0
+    assert cfg.reward.custom_reward_function.path == "pkg://aent.reward"
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+
+
+def test_setting_a_recipes_share_data_and_hyperparameters(recipes):
+    def shared(cfg):
+        c = OmegaConf.to_container(cfg, resolve=False)
+        c.pop("aent", None)
+        c["trainer"].pop("experiment_name")
+        c["trainer"]["v1"].pop("trainer_mode")
+        return c
+
+    base = shared(recipes["grpo_math"])
+    assert shared(recipes["aent_grpo_math"]) == base
+    assert shared(recipes["entreg_math"]) == base
+    assert recipes["grpo_math"].data.train_batch_size == 512 and recipes["grpo_math"].actor_rollout_ref.rollout.n == 16
+    assert recipes["grpo_math"].data.max_response_length == 3072
+    assert recipes["grpo_math"].actor_rollout_ref.actor.ppo_mini_batch_size == 128
+
+
+def test_aent_recipes_carry_the_paper_settings(recipes):
+    from aent.verl.checks import check_config
+
+    a = check_config(recipes["aent_grpo_math"])
+    assert (a.clamp_p, a.coef_init, a.entropy_low, a.entropy_high, a.lr, a.coef_min, a.coef_max, a.warmup_steps) == (
+        0.33, 0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, 30
+    )
+    assert a.adaptive
+    b = check_config(recipes["aent_grpo_openr1"])
+    assert (b.clamp_p, b.coef_init, b.entropy_low, b.entropy_high, b.lr, b.coef_min, b.coef_max, b.warmup_steps) == (
+        0.25, 3e-4, 0.35, 0.62, 1e-4, 4e-5, 1e-3, 156
+    )
+    cfg_b = recipes["aent_grpo_openr1"]
+    assert (cfg_b.data.train_batch_size, cfg_b.actor_rollout_ref.rollout.n, cfg_b.data.max_response_length) == (256, 8, 7168)
+    assert cfg_b.actor_rollout_ref.actor.optim.lr == 1e-6 and cfg_b.actor_rollout_ref.actor.ppo_mini_batch_size == 64
+    e = check_config(recipes["entreg_math"])
+    assert e.clamp_p == 0.0 and not e.adaptive
+    assert type(e.build_coefficient()).__name__ == "ConstantCoefficient"
+
+
+def test_user_overrides_apply():
+    cfg = _compose(
+        "aent_grpo_math",
+        ["aent.clamp_p=0.2", "aent.lr=0", "actor_rollout_ref.actor.optim.lr=1e-6", "data.train_files=/x/train.parquet"],
+    )
+    from aent.verl.checks import check_config
+
+    opts = check_config(cfg)
+    assert opts.clamp_p == 0.2 and not opts.adaptive
+    assert cfg.actor_rollout_ref.actor.optim.lr == 1e-6 and cfg.data.train_files == "/x/train.parquet"
+
+
+def test_one_flag_on_verls_own_config():
+    """The plain ppo_trainer config plus trainer.v1.trainer_mode=aent and +aent.<option> overrides."""
+    from aent.verl.checks import check_config, selects_aent
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(
+            config_name="grpo_math",
+            overrides=["trainer.v1.trainer_mode=aent", "+aent.clamp_p=0.25", "+aent.warmup_steps=5"],
+        )
+    assert selects_aent(cfg)
+    opts = check_config(cfg)
+    assert opts.clamp_p == 0.25 and opts.warmup_steps == 5 and opts.coef_init == 0.002  # the rest: defaults
+
+
+REFUSALS = [
+    (["actor_rollout_ref.model.use_fused_kernels=true"], "use_fused_kernels"),
+    (["actor_rollout_ref.actor.strategy=megatron"], "actor_rollout_ref.actor.strategy"),
+    (["distillation.enabled=true"], "distillation.enabled"),
+    (["actor_rollout_ref.actor.pad_to_length=true"], "pad_to_length"),
+    (["trainer.use_v1=false"], "trainer.use_v1"),
+    (["actor_rollout_ref.actor.entropy_coeff=0.001"], "actor_rollout_ref.actor.entropy_coeff"),
+    (["aent.clamp_p=1.5"], "aent.clamp_p"),
+    (["aent.coef_init=0.5"], "coef_init"),
+    (["aent.entropy_low=0.5", "aent.entropy_high=0.1"], "entropy_low"),
+    (["+aent.bogus=1"], "bogus"),
+    (["aent.warmup_steps=-1"], "aent.warmup_steps"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", REFUSALS, ids=[r[1] + ":" + r[0][0] for r in REFUSALS])
+def test_startup_refusals_name_the_key_and_the_fix(overrides, key):
+    from aent.verl.checks import StartupError, check_config
+
+    cfg = _compose("aent_grpo_math", overrides)
+    with pytest.raises(StartupError) as info:
+        check_config(cfg)
+    msg = str(info.value)
+    assert key in msg
+    assert "set " in msg or "must" in msg or "valid options" in msg
+
+
+def test_refusal_happens_in_verls_validate_config_before_ray():
+    """The plugin's check runs inside verl.utils.config.validate_config, which main_ppo calls before ray.init."""
+    import verl  # noqa: F401  (loads the plugin through the entry point)
+    from verl.trainer import main_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    from aent.verl.checks import StartupError
+
+    cfg = _compose("aent_grpo_math", ["trainer.use_v1=false"])
+    with pytest.raises(StartupError, match="trainer.use_v1=true"):
+        main_ppo.validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    # a run without the aent mode is left to verl
+    main_ppo.validate_config(
+        config=_compose("grpo_math"), use_reference_policy=False, use_critic=False
+    )
+
+
+def test_the_trainer_refuses_before_building_anything():
+    from aent.verl.checks import StartupError
+    from aent.verl.trainer import AEntTrainer
+
+    cfg = _compose("aent_grpo_math", ["actor_rollout_ref.actor.entropy_coeff=0.01"])
+    with pytest.raises(StartupError, match="entropy_coeff=0"):
+        AEntTrainer(cfg)
+    assert cfg.trainer.v1.trainer_mode == "aent"  # untouched: nothing ran past the checks
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
+    import shlex
+    import subprocess
+
+    root = os.path.dirname(CONFIG_DIR)
+    env = dict(os.environ, DRY_RUN="1", NNODES="2")
+    proc = subprocess.run(
+        [os.path.join(root, "scripts", f"run_{recipe}.sh"), "/models/m", str(tmp_path), "4", "run1", "--",
+         "trainer.total_epochs=1"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["-m", "verl.trainer.main_ppo"] and f"--config-name={recipe}" in argv
+    overrides = [a for a in argv[3:] if not a.startswith("--config")]
+    cfg = _compose(recipe, overrides)
+    assert cfg.actor_rollout_ref.model.path == "/models/m"
+    assert (cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes, cfg.trainer.total_epochs) == (4, 2, 1)
+    assert cfg.trainer.experiment_name == "run1" and cfg.trainer.default_local_dir == "checkpoints/run1"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.AENT_DATA_DIR == str(tmp_path)
+    missing = subprocess.run([os.path.join(root, "scripts", f"run_{recipe}.sh")], capture_output=True, text=True,
+                             env=dict(os.environ, DRY_RUN="1", MODEL_PATH="", DATA_DIR=""), timeout=60)
+    assert missing.returncode == 2 and "MODEL_PATH is required" in missing.stderr
