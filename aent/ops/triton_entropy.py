@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWARD_BLOCK"]
+__all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWARD_BLOCK", "INTERPRETED"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -47,7 +47,6 @@ FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
 
-_NUM_BINS = 256  # 8-bit digits
 
 
 @triton.jit
@@ -254,6 +253,11 @@ def _clamped_entropy_backward_kernel(
     log_q = tl.where(kept, z - log_norm, 0.0)
     grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
     tl.store(grad_ptr + row64 * grad_stride_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_bounds)
+
+
+#: Whether the kernels were decorated in Triton's interpreter mode (``TRITON_INTERPRET=1`` at import): they then
+#: run on CPU tensors, slowly.
+INTERPRETED = not isinstance(_clamped_entropy_forward_kernel, triton.runtime.JITFunction)
 
 
 def _check_rows(rows2d: torch.Tensor, k: int) -> None:
