@@ -247,10 +247,12 @@ def _clamped_entropy_backward_kernel(
     z = _load_row_block(x_ptr + row64 * stride_row, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
     entropy = tl.load(entropy_ptr + row)
     threshold = tl.load(threshold_ptr + row)
-    log_norm = tl.load(shift_ptr + row) + tl.load(log_total_ptr + row)
+    shift = tl.load(shift_ptr + row)
+    log_total = tl.load(log_total_ptr + row)
     upstream = tl.load(grad_out_ptr + row64 * grad_out_stride).to(tl.float32)
     kept = in_bounds & (z >= threshold) & (z > float("-inf"))
-    log_q = tl.where(kept, z - log_norm, 0.0)
+    # (z - max) first: exact for nearby values, whereas max + log_total would round at the logits' magnitude.
+    log_q = tl.where(kept, (z - shift) - log_total, 0.0)
     grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
     tl.store(grad_ptr + row64 * grad_stride_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_bounds)
 
