@@ -40,13 +40,13 @@ __all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWAR
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Elements per block (powers of two). The forward block is what one histogram call sees; larger blocks amortise its
-# shared-memory merge, smaller ones cost fewer registers. Overridable for tuning, without code changes.
-FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "4096"))
+# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees; for
+# sm_90 the forward kernel needs ~80 registers per thread at 2048 x 8 warps (3 programs per multiprocessor) and
+# ~180 at 4096 x 8 (1 program). Overridable for tuning without code changes (scripts/bench_entropy.py --fused-configs).
+FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "2048"))
 FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
-
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def _clamped_entropy_forward_kernel(
     target = 0
     if SELECT:
         for digit_pass in tl.static_range(KEY_BITS // 8 - 1):
-            SHIFT: tl.constexpr = KEY_BITS - 8 * (digit_pass + 1)
+            SHIFT = KEY_BITS - 8 * (digit_pass + 1)
             hist = tl.zeros([256], dtype=tl.int32)
             for start in range(0, vocab, BLOCK):
                 cols = start + offsets
@@ -187,7 +187,9 @@ def _clamped_entropy_forward_kernel(
     row_max = tl.max(lane_max, 0)
     lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
     total = tl.sum(lane_total * lane_scale, 0)
-    weighted = tl.sum(tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0)
+    weighted = tl.sum(
+        tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
+    )
 
     if SELECT:
         last_digit, rank = _select_digit(last_hist, rank)
@@ -306,10 +308,11 @@ def _row_statistics(rows2d: torch.Tensor, k: int, block: int, num_warps: int):
 
 class _FusedClampedEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows2d: torch.Tensor, k: int, forward_block: int, backward_block: int):
-        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, forward_block, FORWARD_WARPS)
+    def forward(ctx, rows2d: torch.Tensor, k: int, config: tuple):
+        forward_block, forward_warps, backward_block, backward_warps = config
+        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, forward_block, forward_warps)
         ctx.save_for_backward(rows2d, entropy, threshold, shift, log_total)
-        ctx.backward_block = backward_block
+        ctx.backward_config = (backward_block, backward_warps)
         return entropy
 
     @staticmethod
@@ -318,7 +321,7 @@ class _FusedClampedEntropy(torch.autograd.Function):
         rows, vocab = rows2d.shape
         grad = torch.empty((rows, vocab), dtype=rows2d.dtype, device=rows2d.device)
         if rows > 0:
-            block = ctx.backward_block
+            block, num_warps = ctx.backward_config
             _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
                 rows2d,
                 rows2d.stride(0),
@@ -334,9 +337,9 @@ class _FusedClampedEntropy(torch.autograd.Function):
                 log_total,
                 COL_CONTIGUOUS=rows2d.stride(1) == 1,
                 BLOCK=block,
-                num_warps=BACKWARD_WARPS,
+                num_warps=num_warps,
             )
-        return grad, None, None, None
+        return grad, None, None
 
 
 def clamped_entropy_rows(
@@ -345,6 +348,8 @@ def clamped_entropy_rows(
     *,
     forward_block: int | None = None,
     backward_block: int | None = None,
+    forward_warps: int | None = None,
+    backward_warps: int | None = None,
 ) -> torch.Tensor:
     """Clamped entropy in nats of each row of a ``(rows, V)`` tensor with the ``k`` lowest logits removed.
 
@@ -355,13 +360,26 @@ def clamped_entropy_rows(
     Args:
         rows2d: float32, bfloat16 or float16 logits, shape ``(rows, V)``.
         k: number of removed tokens per row, ``floor(clamp_p * V)`` (:func:`aent.num_removed`), in ``[0, V)``.
-        forward_block, backward_block: elements per block (powers of two, at least 256 for the forward);
-            defaults :data:`FORWARD_BLOCK` and :data:`BACKWARD_BLOCK`.
+        forward_block, backward_block: elements per block (powers of two, at least 256); defaults
+            :data:`FORWARD_BLOCK` and :data:`BACKWARD_BLOCK` (environment ``AENT_TRITON_FORWARD_BLOCK`` /
+            ``AENT_TRITON_BACKWARD_BLOCK``).
+        forward_warps, backward_warps: warps per program (powers of two); defaults from
+            ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else 8.
     """
     _check_rows(rows2d, k)
-    forward_block = forward_block or FORWARD_BLOCK
-    backward_block = backward_block or BACKWARD_BLOCK
-    for name, block in (("forward_block", forward_block), ("backward_block", backward_block)):
-        if block < 256 or block & (block - 1):
-            raise ValueError(f"{name} must be a power of two >= 256, got {block}")
-    return _FusedClampedEntropy.apply(rows2d, int(k), forward_block, backward_block)
+    config = (
+        forward_block or FORWARD_BLOCK,
+        forward_warps or FORWARD_WARPS,
+        backward_block or BACKWARD_BLOCK,
+        backward_warps or BACKWARD_WARPS,
+    )
+    for name, value, low in zip(
+        ("forward_block", "forward_warps", "backward_block", "backward_warps"), config, (256, 1, 256, 1)
+    ):
+        if value < low or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
+    if triton.cdiv(rows2d.shape[1], config[2]) > 65535:
+        raise ValueError(
+            f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config[2]}; raise backward_block"
+        )
+    return _FusedClampedEntropy.apply(rows2d, int(k), config)
