@@ -44,7 +44,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runs from a checkout without installing aent
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import aent  # noqa: E402
 
