@@ -66,7 +66,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype) -> str:
+def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     if impl is None or impl == "auto":
         impl = os.environ.get("AENT_ENTROPY_IMPL", "auto") or "auto"
         source = "AENT_ENTROPY_IMPL"
