@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 import aent  # noqa: E402
+import aent.ops  # noqa: E402
 
 GIB = float(1 << 30)
 CSV_FIELDS = [
