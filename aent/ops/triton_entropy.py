@@ -30,6 +30,7 @@ module for that reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -281,29 +282,39 @@ def _check_rows(rows2d: torch.Tensor, k: int) -> None:
         raise ValueError(f"at most 2**31 - 1 rows are supported, got {rows2d.shape[0]}")
 
 
+def _on_device_of(tensor: torch.Tensor):
+    """Launch on the tensor's GPU, not the current one (multi-GPU processes)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def _row_statistics(rows2d: torch.Tensor, k: int, block: int, num_warps: int):
     rows, vocab = rows2d.shape
     stats = torch.empty((4, rows), dtype=torch.float32, device=rows2d.device)
     entropy, threshold, shift, log_total = stats.unbind(0)
     if rows > 0:
-        _clamped_entropy_forward_kernel[(rows,)](
-            rows2d,
-            rows2d.stride(0),
-            rows2d.stride(1),
-            vocab,
-            k,
-            entropy,
-            threshold,
-            shift,
-            log_total,
-            KEY_BITS=32 if rows2d.dtype == torch.float32 else 16,
-            IS_BF16=rows2d.dtype == torch.bfloat16,
-            SELECT=k > 0,
-            COL_CONTIGUOUS=rows2d.stride(1) == 1,
-            BLOCK=block,
-            num_warps=num_warps,
-        )
+        with _on_device_of(rows2d):
+            _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total)
     return entropy, threshold, shift, log_total
+
+
+def _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total):
+    _clamped_entropy_forward_kernel[(rows2d.shape[0],)](
+        rows2d,
+        rows2d.stride(0),
+        rows2d.stride(1),
+        rows2d.shape[1],
+        k,
+        entropy,
+        threshold,
+        shift,
+        log_total,
+        KEY_BITS=32 if rows2d.dtype == torch.float32 else 16,
+        IS_BF16=rows2d.dtype == torch.bfloat16,
+        SELECT=k > 0,
+        COL_CONTIGUOUS=rows2d.stride(1) == 1,
+        BLOCK=block,
+        num_warps=num_warps,
+    )
 
 
 class _FusedClampedEntropy(torch.autograd.Function):
@@ -322,24 +333,30 @@ class _FusedClampedEntropy(torch.autograd.Function):
         grad = torch.empty((rows, vocab), dtype=rows2d.dtype, device=rows2d.device)
         if rows > 0:
             block, num_warps = ctx.backward_config
-            _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
-                rows2d,
-                rows2d.stride(0),
-                rows2d.stride(1),
-                grad,
-                grad.stride(0),
-                vocab,
-                grad_out,
-                grad_out.stride(0),
-                entropy,
-                threshold,
-                shift,
-                log_total,
-                COL_CONTIGUOUS=rows2d.stride(1) == 1,
-                BLOCK=block,
-                num_warps=num_warps,
-            )
+            with _on_device_of(rows2d):
+                _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps)
         return grad, None, None
+
+
+def _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps):
+    rows, vocab = rows2d.shape
+    _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
+        rows2d,
+        rows2d.stride(0),
+        rows2d.stride(1),
+        grad,
+        grad.stride(0),
+        vocab,
+        grad_out,
+        grad_out.stride(0),
+        entropy,
+        threshold,
+        shift,
+        log_total,
+        COL_CONTIGUOUS=rows2d.stride(1) == 1,
+        BLOCK=block,
+        num_warps=num_warps,
+    )
 
 
 def clamped_entropy_rows(
