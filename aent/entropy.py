@@ -66,7 +66,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _resolve_impl(impl: Optional[str], device: torch.device) -> str:
+def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     if impl is None or impl == "auto":
         impl = os.environ.get("AENT_ENTROPY_IMPL", "auto") or "auto"
         source = "AENT_ENTROPY_IMPL"
@@ -78,7 +78,8 @@ def _resolve_impl(impl: Optional[str], device: torch.device) -> str:
         if device.type == "cuda":
             from aent import ops
 
-            return "triton" if ops.triton_available() else "torch"
+            # float64 has no fused kernel; "auto" keeps it on the torch path rather than failing.
+            return "triton" if dtype in ops.FUSED_DTYPES and ops.triton_available() else "torch"
         return "torch"
     return impl
 
@@ -231,8 +232,9 @@ def clamped_entropy(
         chunk_size: rows processed at once by the ``"torch"`` path; peak extra memory is about
             ``5 * chunk_size * V * 4`` bytes plus the gradient. ``None`` picks ~16 MiB of float32 per scratch tensor
             on CPU and ~128 MiB on GPU.
-        impl: ``"auto"`` (default; fused Triton kernels on CUDA when available, else ``"torch"``), ``"torch"``,
-            ``"triton"`` or ``"reference"``. When ``None``/``"auto"``, the ``AENT_ENTROPY_IMPL`` environment
+        impl: ``"auto"`` (default; fused Triton kernels for float32/bfloat16/float16 CUDA tensors when Triton
+            imports, else ``"torch"``), ``"torch"``, ``"triton"`` (CUDA tensors, float32/bfloat16/float16 only;
+            errors otherwise) or ``"reference"``. When ``None``/``"auto"``, the ``AENT_ENTROPY_IMPL`` environment
             variable may force one.
         check_finite: raise ``ValueError`` when a row contains NaN or ``+inf`` (checked on the per-row results,
             which costs one small reduction). With ``False`` such rows come back as NaN, for loops that count them.
@@ -245,7 +247,7 @@ def clamped_entropy(
     vocab = logits.shape[-1]
     rows2d = logits.reshape(-1, vocab)
     k = num_removed(vocab, clamp_p)
-    which = _resolve_impl(impl, logits.device)
+    which = _resolve_impl(impl, logits.device, logits.dtype)
     if which == "reference":
         ent = _reference_rows(rows2d, clamp_p)
         ent = ent if logits.dtype == torch.float64 else ent.float()

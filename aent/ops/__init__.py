@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
 
+#: Input dtypes the fused kernels handle (others, e.g. float64, go to the ``"torch"`` path under ``impl="auto"``).
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+
+@functools.cache
 def triton_available() -> bool:
-    """Whether the fused Triton path can run here (Triton installed and aent's kernels present)."""
-    return (
-        importlib.util.find_spec("triton") is not None
-        and importlib.util.find_spec("aent.ops.triton_entropy") is not None
-    )
+    """Whether the fused Triton path can run here: Triton imports and aent's kernels load.
+
+    The first call imports Triton (only ``impl="auto"`` on CUDA and ``impl="triton"`` call it); the answer is cached.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import aent.ops.triton_entropy  # noqa: F401
+    except Exception:  # a broken or incompatible Triton install: fall back rather than fail at import
+        return False
+    return True
 
 
 def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
@@ -22,6 +33,12 @@ def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
             "impl='triton' needs Triton and aent's fused kernels (pip install 'aent[gpu]'); "
             "use impl='torch' to run without them"
         )
-    from aent.ops.triton_entropy import clamped_entropy_rows
+    from aent.ops import triton_entropy
 
-    return clamped_entropy_rows(rows2d, k)
+    if rows2d.device.type != "cuda" and not triton_entropy.INTERPRETED:
+        raise RuntimeError(
+            f"impl='triton' runs on CUDA tensors, got a tensor on {rows2d.device}; use impl='torch' (or 'auto'), "
+            "or set TRITON_INTERPRET=1 before importing aent.ops.triton_entropy to run the kernels in Triton's "
+            "interpreter on the CPU (slow; for testing)"
+        )
+    return triton_entropy.clamped_entropy_rows(rows2d, k)

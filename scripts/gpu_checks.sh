@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The one script a GPU session runs (one H100; ~4-6 minutes): full-size correctness of the fused kernels, then the
+# entropy benchmark, then the training-step benchmark. Every stage runs under its own time limit and a failing stage
+# does not stop the next one; the exit status is non-zero if any stage failed.
+#
+#   bash scripts/gpu_checks.sh            # from the repository root (or anywhere: it changes into the root)
+#
+# Output: everything printed goes to $OUT/gpu_checks.log as well; the results files benchmarks/entropy.csv and
+# benchmarks/step.csv get rows appended and are copied to $OUT. Without $OUT a temporary folder is used and named at
+# the end. Needs python3 with torch (CUDA) and Triton; transformers for the step benchmark (when it does not import,
+# wheels in .whl/ are installed into /tmp/site first, see docs/PERFORMANCE.md); pytest is optional.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-$(mktemp -d -t aent-gpu-checks.XXXXXX)}"
+mkdir -p "$OUT_DIR" benchmarks
+LOG="$OUT_DIR/gpu_checks.log"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-1}"
+FAILED=()
+
+stage() {  # stage NAME SECONDS COMMAND...
+    local name="$1" limit="$2"
+    shift 2
+    echo
+    echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@"
+    local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - start))s"
+    [ "$rc" -eq 0 ] || FAILED+=("$name (exit $rc)")
+}
+
+{
+    echo "=== aent gpu checks, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 || true
+    "$PY" - <<'EOF'
+import importlib, platform
+import torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE")
+for name in ("triton", "transformers", "pytest", "verl", "tqdm"):
+    try:
+        print(f"{name}: {importlib.import_module(name).__version__}")
+    except Exception as error:
+        print(f"{name}: not importable ({type(error).__name__})")
+EOF
+
+    if ! "$PY" -c "import transformers" 2>/dev/null; then
+        if ls .whl/*.whl >/dev/null 2>&1; then
+            echo "transformers missing: installing the wheels in .whl/ into /tmp/site"
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+                && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+        else
+            echo "transformers missing and no .whl/ folder: the step benchmark will be skipped. To bring it, see"
+            echo "docs/PERFORMANCE.md ('Running on the GPU machine'): pip download the wheels into .whl/ and carry .whl"
+        fi
+    fi
+
+    # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows).
+    stage "verify (fp32/bf16, T in 1 3 4097, V 151936)" 300 "$PY" scripts/bench_entropy.py --verify
+    if "$PY" -c "import pytest" 2>/dev/null; then
+        stage "pytest -m gpu tests/test_triton_entropy.py" 300 \
+            "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py
+    else
+        echo "pytest not importable here: the CUDA tests ran as 'verify' above only"
+    fi
+
+    # 2. Entropy benchmark (T 4096 and 16384, fp32 and bf16, p 0.33), with two other forward block shapes.
+    stage "bench_entropy" 420 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
+
+    # 3. Step overhead on a Qwen2.5-1.5B-shaped model, 4 x 1024 tokens.
+    if "$PY" -c "import transformers" 2>/dev/null; then
+        stage "bench_step" 300 "$PY" scripts/bench_step.py
+    else
+        FAILED+=("bench_step (transformers not importable)")
+    fi
+
+    cp benchmarks/entropy.csv benchmarks/step.csv "$OUT_DIR"/ 2>/dev/null
+    echo
+    if [ "${#FAILED[@]}" -eq 0 ]; then
+        echo "=== all stages passed; results in $OUT_DIR"
+    else
+        echo "=== failed stages: ${FAILED[*]}; results so far in $OUT_DIR"
+    fi
+    [ "${#FAILED[@]}" -eq 0 ]
+} 2>&1 | tee "$LOG"

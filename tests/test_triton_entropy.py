@@ -1,0 +1,313 @@
+"""Fused Triton clamped entropy (aent.ops.triton_entropy) against the float64 reference and the torch path.
+
+On a machine without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors at small
+sizes. Triton fixes interpreter mode when a kernel is decorated, so the tests load a private copy of the kernel
+module with the variable set; the process-wide ``aent.ops.triton_entropy`` (compiled kernels on a GPU machine) is
+left alone. Full-size checks at the real vocabulary size run only where CUDA is available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import aent
+import aent.ops
+
+VOCAB_FULL = 151_936
+# (rtol, atol) for gradients in the input dtype; entropies are float32 in every case. The atol covers float32
+# cancellation in log q + H where one token holds almost all the probability (both terms ~1e-7).
+TOLERANCES = {
+    torch.float32: (1e-4, 2e-6),
+    torch.bfloat16: (1.6e-2, 1e-5),
+    torch.float16: (2e-3, 2e-6),
+}
+BLOCK = 256  # small blocks so that V = 1001 spans several of them in the interpreter
+
+
+@contextlib.contextmanager
+def interpreter_mode():
+    """``TRITON_INTERPRET=1`` for the duration (Triton reads it when decorating and again when launching), then the
+    previous value, so that compiled kernels elsewhere in the process stay compiled."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        with warnings.catch_warnings():
+            # numpy warns about inf - inf in branches that tl.where then discards
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The kernel module decorated in interpreter mode (a private copy, so the real module is not touched)."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed (pip install triton); the fused kernels cannot be tested")
+    path = Path(aent.ops.__file__).with_name("triton_entropy.py")
+    try:
+        with interpreter_mode():
+            spec = importlib.util.spec_from_file_location("aent_ops_triton_entropy_interpreted", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - any import failure of Triton is a reason to skip, shown to the user
+        pytest.skip(f"Triton's interpreter could not load the kernels: {type(error).__name__}: {error}")
+    if not module.INTERPRETED:
+        pytest.skip("this Triton ignores TRITON_INTERPRET=1; the kernels cannot run on the CPU")
+    return module
+
+
+def _fused(kernels, logits: torch.Tensor, clamp_p: float, grad_out: torch.Tensor):
+    """Entropy and gradient from the interpreted kernels."""
+    x = logits.detach().clone().requires_grad_()
+    with interpreter_mode():
+        ent = kernels.clamped_entropy_rows(
+            x, aent.num_removed(x.shape[-1], clamp_p), forward_block=BLOCK, backward_block=BLOCK
+        )
+        ent.backward(grad_out)
+    return ent.detach(), x.grad
+
+
+def _reference(logits: torch.Tensor, clamp_p: float, grad_out: torch.Tensor):
+    """Float64 reference entropy and gradient (the input values are exactly representable in float64)."""
+    x = logits.detach().to(torch.float64).requires_grad_()
+    ent = aent.clamped_entropy(x, clamp_p, impl="reference", check_finite=False)
+    ent.backward(grad_out.to(torch.float64))
+    return ent.detach(), x.grad
+
+
+def _torch_path(logits: torch.Tensor, clamp_p: float, grad_out: torch.Tensor):
+    x = logits.detach().clone().requires_grad_()
+    ent = aent.clamped_entropy(x, clamp_p, impl="torch", check_finite=False)
+    ent.backward(grad_out)
+    return ent.detach(), x.grad
+
+
+def _kept_mask(logits: torch.Tensor, clamp_p: float) -> torch.Tensor:
+    """SPEC section 1 kept set, written out: z >= (k+1)-th smallest, finite."""
+    z = logits.detach().to(torch.float64)
+    k = aent.num_removed(z.shape[-1], clamp_p)
+    threshold = torch.sort(z, dim=-1).values[..., k : k + 1]
+    return (z >= threshold) & torch.isfinite(z)
+
+
+def _assert_matches(kernels, logits: torch.Tensor, clamp_p: float, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(logits.shape[0], generator=gen)
+    ent, grad = _fused(kernels, logits, clamp_p, grad_out)
+    ref_ent, ref_grad = _reference(logits, clamp_p, grad_out)
+    assert ent.dtype == torch.float32 and ent.shape == logits.shape[:-1]
+    assert grad.dtype == logits.dtype and grad.shape == logits.shape
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
+    rtol, atol = TOLERANCES[logits.dtype]
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=atol)
+    # Nothing outside the kept set gets a gradient, exactly (the tie rule and -inf handling show here).
+    assert not grad[~_kept_mask(logits, clamp_p)].any()
+    tor_ent, tor_grad = _torch_path(logits, clamp_p, grad_out)
+    torch.testing.assert_close(ent, tor_ent, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(grad.double(), tor_grad.double(), rtol=rtol, atol=atol)
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPE_IDS = ["fp32", "bf16", "fp16"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("vocab", [1, 2, 7, 1001, BLOCK + 3])
+@pytest.mark.parametrize("clamp_p", [0.0, 0.25, 0.33, 0.9])
+def test_random_logits_match_reference(kernels, dtype, vocab, clamp_p):
+    rows = (1, 3, 5)[(vocab + int(clamp_p * 100)) % 3]
+    gen = torch.Generator().manual_seed(vocab * 100 + int(clamp_p * 100))
+    logits = (torch.randn(rows, vocab, generator=gen) * 3).to(dtype)
+    _assert_matches(kernels, logits, clamp_p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("clamp_p", [0.25, 0.33, 0.9])
+def test_heavy_ties(kernels, dtype, clamp_p):
+    gen = torch.Generator().manual_seed(1)
+    # Few distinct values: bf16-quantised small integers/quarters, so the threshold falls inside a run of ties.
+    quantised = (torch.randint(-6, 6, (4, 1001), generator=gen).float() / 4).to(torch.bfloat16).to(dtype)
+    constant = torch.full((1, 1001), 0.75, dtype=dtype)
+    _assert_matches(kernels, torch.cat([quantised, constant]), clamp_p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_kept_set_ends_in_a_tie(kernels, dtype):
+    # k = 3 of V = 10: the 4th smallest is 0.5, shared by five tokens; all five stay, so eight tokens are kept.
+    row = torch.tensor([[-1.0, 0.5, 0.5, 0.5, 0.5, 2.0, 1.0, 3.0, -2.0, 0.5]], dtype=dtype)
+    # -0.0 and +0.0 compare equal, so both are kept when zero is the threshold (k = 2 of V = 4).
+    zeros = torch.tensor([[-1.0, -0.0, 0.0, 1.0]], dtype=dtype)
+    _assert_matches(kernels, row, 0.3)
+    _assert_matches(kernels, zeros, 0.5)
+    ent, _ = _fused(kernels, row, 0.3, torch.ones(1))
+    kept = torch.tensor([0.5] * 5 + [1.0, 2.0, 3.0], dtype=torch.float64)
+    expected = -(torch.softmax(kept, 0) * torch.log_softmax(kept, 0)).sum()
+    assert ent.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("clamp_p", [0.0, 0.25, 0.9])
+def test_negative_infinity(kernels, dtype, clamp_p):
+    gen = torch.Generator().manual_seed(2)
+    logits = (torch.randn(5, 300, generator=gen) * 2).to(dtype)
+    logits[:, ::7] = float("-inf")  # masked vocabulary columns
+    logits[1, :200] = float("-inf")  # more -inf than removed tokens: the threshold is -inf
+    logits[2] = float("-inf")  # no valid distribution: entropy 0, gradient 0
+    logits[3, 1:] = float("-inf")  # a single finite token: entropy 0
+    _assert_matches(kernels, logits, clamp_p)
+    ent, grad = _fused(kernels, logits, clamp_p, torch.ones(5))
+    assert ent[2].item() == 0.0 and not grad[2].any()
+    assert ent[3].item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_extreme_magnitudes(kernels, dtype):
+    gen = torch.Generator().manual_seed(3)
+    spread = (torch.randn(2, 1001, generator=gen) * 1e4).clamp(-6e4, 6e4).to(dtype)  # one token dominates
+    offset = (1e4 + torch.randn(2, 1001, generator=gen) * 3).to(dtype)  # large shift, ordinary spread
+    negative = (-1e4 + torch.randn(2, 1001, generator=gen) * 3).to(dtype)
+    for clamp_p in (0.0, 0.33):
+        _assert_matches(kernels, torch.cat([spread, offset, negative]), clamp_p)
+
+
+def test_non_contiguous_inputs(kernels):
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(6, 2 * 501, generator=gen)
+    _assert_matches(kernels, base[:, ::2], 0.33)  # column stride 2
+    _assert_matches(kernels, base[::2, 3:900], 0.25)  # row stride 12 x 501 and an offset
+    _assert_matches(kernels, torch.randn(777, 3, generator=gen).to(torch.bfloat16).t(), 0.33)  # transposed
+
+
+def test_no_rows(kernels):
+    for dtype in DTYPES:
+        x = torch.randn(0, 50).to(dtype).requires_grad_()
+        with interpreter_mode():
+            ent = kernels.clamped_entropy_rows(x, 5, forward_block=BLOCK, backward_block=BLOCK)
+            ent.sum().backward()
+        assert ent.shape == (0,) and ent.dtype == torch.float32
+        assert x.grad.shape == (0, 50) and x.grad.dtype == dtype
+
+
+def test_nan_and_inf_rows_are_nan_with_zero_gradient(kernels):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 300, generator=gen)
+    logits[1, 17] = float("nan")
+    logits[2, 3] = float("inf")
+    ent, grad = _fused(kernels, logits, 0.33, torch.ones(4))
+    assert torch.isnan(ent[1]) and torch.isnan(ent[2])
+    assert not grad[1].any() and not grad[2].any()
+    ref_ent, _ = _reference(logits[[0, 3]], 0.33, torch.ones(2))
+    torch.testing.assert_close(ent[[0, 3]].double(), ref_ent, rtol=2e-5, atol=2e-5)
+
+
+def test_p_zero_equals_full_entropy(kernels):
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 1001, generator=gen) * 4
+    ent, _ = _fused(kernels, logits, 0.0, torch.ones(3))
+    full = -(torch.softmax(logits.double(), -1) * torch.log_softmax(logits.double(), -1)).sum(-1)
+    torch.testing.assert_close(ent.double(), full, rtol=1e-6, atol=1e-6)
+
+
+def test_argument_errors(kernels):
+    with pytest.raises(ValueError, match="float32, bfloat16 and float16"):
+        kernels.clamped_entropy_rows(torch.randn(2, 8, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.clamped_entropy_rows(torch.randn(2, 3, 8), 2)
+    with pytest.raises(ValueError, match=r"k must be in \[0, V\)"):
+        kernels.clamped_entropy_rows(torch.randn(2, 8), 8)
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.clamped_entropy_rows(torch.randn(2, 8), 2, forward_block=300)
+
+
+@pytest.fixture
+def interpreted_dispatch(kernels, monkeypatch):
+    """Route ``clamped_entropy(impl="triton")`` to the interpreted kernels, as it would reach the compiled ones."""
+    monkeypatch.setitem(sys.modules, "aent.ops.triton_entropy", kernels)
+    monkeypatch.setattr(aent.ops, "triton_entropy", kernels, raising=False)
+    return kernels
+
+
+def test_public_api_dispatch(interpreted_dispatch):
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 1001, generator=gen).to(torch.bfloat16).requires_grad_()
+    with interpreter_mode():
+        ent = aent.clamped_entropy(logits, 0.33, impl="triton")
+        ent.sum().backward()
+    assert ent.shape == (2, 3) and ent.dtype == torch.float32
+    ref = aent.clamped_entropy(logits.detach(), 0.33, impl="reference")
+    torch.testing.assert_close(ent.detach(), ref, rtol=2e-5, atol=2e-5)
+    assert logits.grad.dtype == torch.bfloat16
+    bad = torch.randn(3, 100)
+    bad[1, 5] = float("nan")
+    with interpreter_mode():
+        with pytest.raises(ValueError, match="NaN or \\+inf in 1 of 3 rows"):
+            aent.clamped_entropy(bad, 0.25, impl="triton")
+    with pytest.raises(ValueError, match="float32, bfloat16 and float16"):
+        aent.clamped_entropy(torch.randn(2, 10, dtype=torch.float64), 0.25, impl="triton")
+
+
+def test_auto_stays_on_torch_without_cuda(monkeypatch):
+    monkeypatch.delenv("AENT_ENTROPY_IMPL", raising=False)
+    from aent.entropy import _resolve_impl
+
+    assert _resolve_impl("auto", torch.device("cpu"), torch.float32) == "torch"
+    assert _resolve_impl(None, torch.device("cuda"), torch.float64) == "torch"
+    monkeypatch.setenv("AENT_ENTROPY_IMPL", "torch")
+    assert _resolve_impl(None, torch.device("cuda"), torch.float32) == "torch"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Full size, compiled kernels: only with CUDA.
+# ----------------------------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for the compiled kernels")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_auto_picks_triton_on_cuda(monkeypatch):
+    from aent.entropy import _resolve_impl
+
+    monkeypatch.delenv("AENT_ENTROPY_IMPL", raising=False)
+    if not aent.ops.triton_available():
+        pytest.skip("Triton does not import on this CUDA machine")
+    assert _resolve_impl("auto", torch.device("cuda"), torch.bfloat16) == "triton"
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rows", [1, 3, 4097])
+def test_full_vocabulary_matches_torch_path_on_cuda(dtype, rows):
+    if not aent.ops.triton_available():
+        pytest.skip("Triton does not import on this CUDA machine")
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    logits = (torch.randn(rows, VOCAB_FULL, device="cuda", generator=gen) * 4).to(dtype)
+    logits[:, -100:] = float("-inf")  # padded vocabulary
+    grad_out = torch.randn(rows, device="cuda", generator=gen)
+    for clamp_p in (0.0, 0.33):
+        x = logits.clone().requires_grad_()
+        ent = aent.clamped_entropy(x, clamp_p, impl="triton")
+        ent.backward(grad_out)
+        y = logits.clone().requires_grad_()
+        ref = aent.clamped_entropy(y, clamp_p, impl="torch")
+        ref.backward(grad_out)
+        torch.testing.assert_close(ent, ref, rtol=1e-4, atol=1e-4)
+        rtol, atol = TOLERANCES[dtype]
+        torch.testing.assert_close(x.grad.float(), y.grad.float(), rtol=rtol, atol=atol)
+        if rows <= 3:
+            ref64, ref64_grad = _reference(logits.cpu(), clamp_p, grad_out.cpu())
+            torch.testing.assert_close(ent.cpu().double(), ref64, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(x.grad.cpu().double(), ref64_grad, rtol=rtol, atol=atol)
