@@ -1,0 +1,125 @@
+"""Inputs that hang sympy, junk, crashed workers: the reward answers within its time limit and keeps working."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it here would defeat the lightness checks
+    pytest.skip("math-verify is not installed (pip install 'aent[math]')", allow_module_level=True)
+
+import aent.reward as reward  # noqa: E402
+from aent.reward import compute_score  # noqa: E402
+from aent.reward import pool as pool_module  # noqa: E402
+
+MATH = "lighteval/MATH"
+TIMEOUT_S = 1.5
+# Killing a worker and reading its exit status; generous for a loaded 2-core CI machine.
+MARGIN_S = 1.5
+
+# (response, expected reasons). The first ones run for minutes (or forever: a C-level big-integer power cannot be
+# interrupted by a signal) inside math-verify without a hard limit; this was checked by hand.
+ADVERSARIAL = [
+    (r"\boxed{9^{9^{9^{9}}}}", {"timeout"}),
+    (r"\boxed{(x+1)^{100000}}", {"timeout"}),
+    (r"\boxed{" + "(" * 30 + "1" + ")" * 30 + "}", {"timeout"}),
+    (r"\boxed{10!!!!!!}", {"timeout"}),
+    (r"\boxed{" + "{" * 400 + "1" + "}" * 400 + "}", {"timeout", "parse_error", "wrong"}),
+    (r"\boxed{" + r"\frac{" * 150 + "1" + "}{2}" * 150 + "}", {"timeout", "parse_error", "wrong"}),
+    ("x" * 1_000_000 + r"\boxed{" + "1+" * 5000 + "1}", {"parse_error"}),  # answer longer than MAX_ANSWER_CHARS
+    ("junk " * 1_000_000, {"no_answer"}),
+    (r"\boxed{" + "\x00\xff\ufffd\u202e\ud7ff" * 50 + "}", {"parse_error", "wrong"}),
+    (
+        r"\boxed{" + bytes(range(256)).decode("latin-1").replace("}", "").replace("{", "") + "}",
+        {"parse_error", "wrong"},
+    ),
+    (r"\boxed{∞∑∫☃𝔘𝔫𝔦𝔠𝔬𝔡𝔢}", {"parse_error", "wrong"}),
+    (r"\boxed{\begin{pmatrix}" + "&".join(["x^{99}"] * 60) + r"\end{pmatrix}}", {"timeout", "parse_error", "wrong"}),
+]
+
+
+@pytest.fixture(autouse=True)
+def _ready_pool():
+    reward.warmup()  # start-up of replacement workers is not part of the time limit
+    yield
+
+
+@pytest.mark.parametrize("response,expected", ADVERSARIAL, ids=[f"adv{i}" for i in range(len(ADVERSARIAL))])
+def test_adversarial_answers_in_time(response, expected):
+    start = time.monotonic()
+    result = compute_score(MATH, response, "3", timeout=TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    assert elapsed < TIMEOUT_S + MARGIN_S, (elapsed, result["reason"])
+    assert result["score"] == 0.0 and result["acc"] is False
+    assert result["reason"] in expected, result
+    # and the reward still works right after
+    after = compute_score(MATH, r"so $\boxed{\dfrac{3}{6}}$", "0.5", timeout=TIMEOUT_S)
+    assert after["reason"] == "correct"
+
+
+def test_hanging_inputs_among_normal_ones_from_threads():
+    normal = [(rf"\boxed{{{i}/4}}", f"{i / 4}", "correct") for i in range(12)]
+    normal += [(rf"\boxed{{{i}/4}}", f"{i / 4 + 1}", "wrong") for i in range(12)]
+    hanging = [(r"\boxed{9^{9^{9^{9}}}}", "3", "timeout"), (r"\boxed{(x+1)^{100000}}", "3", "timeout")]
+    jobs = normal[:12] + hanging[:1] + normal[12:] + hanging[1:]
+    reward._cache.clear()
+    with ThreadPoolExecutor(max_workers=16) as executor:
+        results = list(executor.map(lambda job: compute_score(MATH, job[0], job[1], timeout=TIMEOUT_S), jobs))
+    assert [r["reason"] for r in results] == [job[2] for job in jobs]
+
+
+def test_killed_workers_are_replaced():
+    pool = pool_module.VerifyPool(1)
+    try:
+        pool.warmup()
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+        time.sleep(0.2)
+        assert pool.verify(r"2\sqrt{3}", r"\sqrt{12}", timeout=5)[0] == "correct"
+        assert pool.restarts == 1 and pool.worker_pids() and pid not in pool.worker_pids()
+    finally:
+        pool.close()
+
+
+def test_shared_pool_survives_killed_workers():
+    pool = pool_module.get_pool()
+    for pid in pool.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    reward._cache.clear()
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        results = list(executor.map(lambda i: compute_score(MATH, rf"\boxed{{{i}/2}}", str(i / 2)), range(8)))
+    assert all(r["reason"] == "correct" for r in results)
+
+
+def test_worker_that_cannot_start_fails_loudly(tmp_path, monkeypatch):
+    """A missing math-verify must raise, not turn every reward into a silent 0."""
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys\nsys.stderr.write('No module named math_verify\\n')\nsys.exit(1)\n")
+    monkeypatch.setattr(pool_module, "WORKER_SCRIPT", str(broken))
+    pool = pool_module.VerifyPool(1, startup_timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match="exited with code 1 while starting"):
+            pool.verify("1", "2", timeout=5)
+    finally:
+        pool.close()
+
+
+def test_pool_rejects_bad_worker_count():
+    with pytest.raises(ValueError, match="AENT_REWARD_WORKERS"):
+        pool_module.VerifyPool(0)
+
+
+def test_no_signal_alarm_in_caller(monkeypatch):
+    """Scoring from a non-main thread must not touch SIGALRM in this process."""
+    calls = []
+    monkeypatch.setattr(signal, "alarm", lambda *a: calls.append(a) or 0)
+    reward._cache.clear()
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        result = executor.submit(compute_score, MATH, r"\boxed{\frac{2}{4}}", "0.5").result()
+    assert result["acc"] and not calls
