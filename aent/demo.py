@@ -92,12 +92,15 @@ class DemoConfig:
     intermediate_size: int = 256
     vocab_multiple: int = 32
     # task
-    max_operand: int = 99
+    max_operand: int = 49
     eval_size: int = 256
-    # supervised warm-up (shared by all arms)
-    warmup_steps: int = 200
+    # supervised warm-up (shared by all arms). A fraction of its targets carry an answer off by 1 or 2, so that the
+    # warmed-up model is uncertain about the last digit (as a pretrained model is about hard problems) and RL has
+    # something to sharpen.
+    warmup_steps: int = 400
     warmup_batch: int = 64
     warmup_lr: float = 3e-3
+    warmup_noise: float = 0.3
     # GRPO
     prompts_per_step: int = 16
     group_size: int = 8
@@ -229,8 +232,17 @@ class AdditionTask:
         return str(a + b)
 
     @staticmethod
-    def response(a: int, b: int) -> str:
-        return f"\\boxed{{{a + b}}}"
+    def response(a: int, b: int, offset: int = 0) -> str:
+        return f"\\boxed{{{max(a + b + offset, 0)}}}"
+
+    def warmup_batch(self, step: int, size: int, noise: float) -> List[Tuple[str, str]]:
+        """``(prompt, target response)`` pairs of a warm-up step; a fraction ``noise`` of the answers is off by 1-2."""
+        rng = random.Random(f"{self.seed}/sft-noise/{step}")
+        out = []
+        for a, b in self.train_batch(step, size, stream="sft"):
+            offset = rng.choice((-2, -1, 1, 2)) if rng.random() < noise else 0
+            out.append((self.prompt(a, b), self.response(a, b, offset)))
+        return out
 
     def train_batch(self, step: int, size: int, stream: str = "rl") -> List[Tuple[int, int]]:
         """The ``size`` problems of a step; a function of (seed, stream, step) only, so every arm sees the same."""
@@ -261,10 +273,10 @@ def warmup(model, tokenizer, task: AdditionTask, cfg: DemoConfig, progress: bool
     model.train()
     bar = _progress(range(cfg.warmup_steps), "warm-up (SFT)", progress)
     for step in bar:
-        pairs = task.train_batch(step, cfg.warmup_batch, stream="sft")
-        prompts = _encode(tokenizer, [task.prompt(a, b) for a, b in pairs], device)
-        responses = [tokenizer(task.response(a, b), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                     for a, b in pairs]
+        pairs = task.warmup_batch(step, cfg.warmup_batch, cfg.warmup_noise)
+        prompts = _encode(tokenizer, [prompt for prompt, _ in pairs], device)
+        responses = [tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                     for _, target in pairs]
         length = max(len(r) for r in responses)
         resp = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(pairs), length), dtype=torch.float32, device=device)
