@@ -298,7 +298,7 @@ def warmup(model, tokenizer, task: AdditionTask, cfg: DemoConfig, progress: bool
         sched.step()
         losses.append(float(loss.detach()))
         if progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     return losses
 
 
@@ -597,7 +597,7 @@ def train_arm(
         }
         rows.append(row)
         if progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(acc=f"{row['accuracy']:.2f}", H=f"{row['entropy']:.3f}", coef=f"{coef_used:.4f}")
+            bar.set_postfix(acc=f"{row['accuracy']:.2f}", H=f"{row['entropy']:.3f}", coef=f"{coef_used:.4f}", refresh=False)
     return rows
 
 
