@@ -722,6 +722,18 @@ def _progress(iterable, desc: str, enabled: bool):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _check_dependencies() -> None:
+    import importlib.util
+
+    missing = [name for name, module in (("transformers", "transformers"), ("tokenizers", "tokenizers"),
+                                         ("matplotlib", "matplotlib"), ("tqdm", "tqdm"), ("math-verify", "math_verify"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise RuntimeError(
+            f"aent demo needs {', '.join(missing)}; install them with: pip install 'aent[demo,math]' (or `make demo`)"
+        )
+
+
 def _load_compute_score() -> Callable:
     from aent.reward import compute_score
 
@@ -731,6 +743,7 @@ def _load_compute_score() -> Callable:
 def run_demo(cfg: DemoConfig, progress: bool = True, compute_score: Optional[Callable] = None) -> Dict[str, Any]:
     """Warm up once, then train each arm from a copy of the warm-up model. Writes the outputs; returns the results."""
     cfg.validate()
+    _check_dependencies()
     threads = torch.get_num_threads()
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)

@@ -19,6 +19,15 @@ import aent  # noqa: E402
 from aent import demo  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # the tiny model is overhead-bound: one thread is as fast on an idle machine and far faster on a busy one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
