@@ -226,31 +226,31 @@ class ToyConfig:
     sparsities: List[int] = field(default_factory=lambda: [15, 10, 5, 2, 1])
     seeds: int = 5
     first_seed: int = 0
-    steps: int = 200
+    steps: int = 100
     group_size: int = 16
-    lr: float = 0.05
+    lr: float = 0.1
     adam_eps: float = 1e-8
     optimizer: str = "adam"
-    coef: float = 0.05
+    coef: float = 1e-4
     clamp_ps: List[float] = field(default_factory=lambda: [0.33, 0.999])
-    aent: bool = True
+    aent_ps: List[float] = field(default_factory=lambda: [0.999])
     aent_band: Tuple[float, float] = (0.5, 1.0)
-    aent_lr: float = 0.05
-    aent_coef_min: float = 0.0
-    aent_coef_max: float = 0.2
+    aent_lr: float = 5e-5
+    aent_coef_min: float = 1e-5
+    aent_coef_max: float = 1e-3
     aent_warmup: int = 0
-    optimal_weight: float = 0.02
+    optimal_weight: float = 0.01
     split_optimal: bool = False
     decoy_weights: List[float] = field(default_factory=lambda: [0.45, 0.20])
     plausible_wrong_weights: List[float] = field(default_factory=lambda: [0.10, 0.05, 0.05])
     tail_weight: float = 0.05
     tail_std: float = 1.0
-    decoy_quality: float = 0.6
-    log_points: int = 40
+    decoy_quality: float = 0.8
+    log_points: int = 25
     threads: Optional[int] = None
 
     def learners(self) -> List[LearnerSpec]:
-        return default_learners(self.coef, self.clamp_ps, self.aent)
+        return default_learners(self.coef, self.clamp_ps, self.aent_ps)
 
     def mdp_kwargs(self) -> Dict[str, Any]:
         return {
@@ -276,7 +276,7 @@ class ToyConfig:
             raise ValueError("sparsities is empty: give at least one number of optimal actions, e.g. 15,5,1")
         for k in self.sparsities:
             positive_int("each sparsity (number of optimal actions)", k)
-        for p in self.clamp_ps:
+        for p in list(self.clamp_ps) + list(self.aent_ps):
             if not (0.0 < p < 1.0):
                 raise ValueError(
                     f"each clamp p must be in (0, 1) (the removed fraction of the actions; 0 is the plain bonus, "
@@ -293,7 +293,7 @@ class ToyConfig:
         low, high = self.aent_band
         if not (0 <= low <= high):
             raise ValueError(f"aent band must satisfy 0 <= low <= high (nats), got {self.aent_band}")
-        if not (self.aent_coef_min <= self.coef <= self.aent_coef_max):
+        if self.aent_ps and not (self.aent_coef_min <= self.coef <= self.aent_coef_max):
             raise ValueError(
                 f"the AEnt initial coefficient (coef={self.coef}) must lie in [aent_coef_min, aent_coef_max] = "
                 f"[{self.aent_coef_min}, {self.aent_coef_max}]"
@@ -302,12 +302,12 @@ class ToyConfig:
             positive_int("threads", self.threads)
 
 
-def default_learners(coef: float, clamp_ps: Sequence[float], aent: bool = True) -> List[LearnerSpec]:
-    """No entropy; the plain bonus; the clamped bonus for each ``p``; AEnt for each ``p`` (when ``aent``)."""
+def default_learners(coef: float, clamp_ps: Sequence[float], aent_ps: Sequence[float] = ()) -> List[LearnerSpec]:
+    """No entropy; the plain bonus; the clamped bonus for each ``p`` in ``clamp_ps``; AEnt for each ``p`` in
+    ``aent_ps`` (clamped bonus with the adaptive coefficient, starting at ``coef``)."""
     learners = [LearnerSpec("no entropy", "none"), LearnerSpec("entropy", "constant", 0.0, coef)]
     learners += [LearnerSpec(f"clamped p={p:g}", "constant", float(p), coef) for p in clamp_ps]
-    if aent:
-        learners += [LearnerSpec(f"AEnt p={p:g}", "adaptive", float(p), coef) for p in clamp_ps]
+    learners += [LearnerSpec(f"AEnt p={p:g}", "adaptive", float(p), coef) for p in aent_ps]
     return learners
 
 
@@ -473,7 +473,9 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
                 "final_entropy": float(stacked["entropy"][r, -1]),
                 "final_tail_mass": float(stacked["tail_mass"][r, -1]),
                 "final_coef": float(stacked["coef"][r, -1]),
-                "curves": {name: [round(float(v), 6) for v in stacked[name][r]] for name in stacked},
+                # not measured before the first update: null (JSON has no NaN)
+                "curves": {name: [round(float(v), 6) if math.isfinite(float(v)) else None for v in stacked[name][r]]
+                           for name in stacked},
             }
         )
     return {
@@ -655,7 +657,7 @@ def _band(text: str) -> Tuple[float, float]:
     return vals[0], vals[1]
 
 
-QUICK = {"sparsities": [15, 5, 1], "seeds": 3, "steps": 100, "clamp_ps": [0.33, 0.999]}
+QUICK = {"sparsities": [15, 5, 1], "seeds": 3, "steps": 60, "clamp_ps": [0.33, 0.999], "aent_ps": [0.999]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -686,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="entropy coefficient of the constant learners and AEnt's initial coefficient")
     p.add_argument("--clamp-ps", type=_float_list, default=None,
                    help=f"removed fractions p of the clamped learners, each in (0,1) (default {d.clamp_ps})")
+    p.add_argument("--aent-ps", type=_float_list, default=None,
+                   help=f"removed fractions p of the AEnt learners (default {d.aent_ps})")
     p.add_argument("--no-aent", action="store_true", help="leave out the AEnt (adaptive coefficient) learners")
     p.add_argument("--aent-band", type=_band, default=d.aent_band, help="AEnt target band of the clamped entropy, nats")
     p.add_argument("--aent-lr", type=float, default=d.aent_lr, help="AEnt controller step size")
@@ -713,6 +717,7 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
         "seeds": args.seeds,
         "steps": args.steps,
         "clamp_ps": args.clamp_ps,
+        "aent_ps": [] if args.no_aent else args.aent_ps,
     }
     values = {}
     for name, given in picked.items():
@@ -724,7 +729,6 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
         optimizer=args.optimizer,
         lr=args.lr,
         coef=args.coef,
-        aent=not args.no_aent,
         aent_band=args.aent_band,
         aent_lr=args.aent_lr,
         aent_coef_min=args.aent_coef_min,
@@ -751,7 +755,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = run_experiment(cfg, progress=not args.no_progress)
     json_path = os.path.join(args.out_dir, "results.json")
     with open(json_path, "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump(results, f, indent=1, allow_nan=False)
     table = markdown_table(results)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
         f.write(table)

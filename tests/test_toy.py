@@ -115,7 +115,7 @@ def test_cli_writes_all_outputs_with_expected_schema(tmp_path):
     names = [spec["name"] for spec in res["learners"]]
     assert names[:2] == ["no entropy", "entropy"]
     assert {f"clamped p={p:g}" for p in toy.QUICK["clamp_ps"]} <= set(names)
-    assert {f"AEnt p={p:g}" for p in toy.QUICK["clamp_ps"]} <= set(names)
+    assert {f"AEnt p={p:g}" for p in toy.QUICK["aent_ps"]} <= set(names)
     assert len(res["runs"]) == len(names) * len(cfg["sparsities"]) * cfg["seeds"]
     assert res["curve_steps"][0] == 0 and res["curve_steps"][-1] == 6
     for run in res["runs"]:
@@ -161,7 +161,7 @@ def test_coefficients_come_from_the_core_and_behave():
 def test_plain_bonus_raises_tail_mass_more_than_a_clamped_bonus_that_drops_the_tail():
     # The mechanism the experiment is about, on a small instance: with the same coefficient, the plain bonus puts
     # more mass on the prior's tail than the clamped bonus with a large p (which keeps only the top actions).
-    cfg = small_config(sparsities=[1], seeds=2, steps=30, coef=0.2, clamp_ps=[0.99], aent=False)
+    cfg = small_config(sparsities=[1], seeds=2, steps=30, coef=0.2, clamp_ps=[0.99], aent_ps=[])
     res = toy.run_experiment(cfg, progress=False)
     by = {(r["learner"], r["seed"]): r["final_tail_mass"] for r in res["runs"]}
     for seed in res["seeds"]:
@@ -177,10 +177,10 @@ def test_plain_bonus_raises_tail_mass_more_than_a_clamped_bonus_that_drops_the_t
         (["--seeds", "0"], "seeds"),
         (["--group-size", "1"], "group_size"),
         (["--coef", "0"], "coef"),
-        (["--num-actions", "10", "--clamp-ps", "0.5"], "num_actions"),
+        (["--num-actions", "10", "--clamp-ps", "0.5", "--aent-ps", "0.5"], "num_actions"),
         (["--num-actions", "100", "--clamp-ps", "0.999"], "keeps fewer than 2"),
         (["--aent-band", "1.0,0.5"], "band"),
-        (["--aent-coef-max", "0.01"], "aent_coef_max"),
+        (["--aent-coef-max", "0.00001"], "aent_coef_max"),
     ],
 )
 def test_bad_arguments_give_clear_errors(args, message, capsys, tmp_path):
