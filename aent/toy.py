@@ -213,9 +213,6 @@ class LearnerSpec:
     clamp_p: float = 0.0
     coef: float = 0.0
 
-    def label(self) -> str:
-        return self.name
-
 
 @dataclass
 class ToyConfig:
@@ -657,7 +654,7 @@ def _band(text: str) -> Tuple[float, float]:
     return vals[0], vals[1]
 
 
-QUICK = {"sparsities": [15, 5, 1], "seeds": 3, "steps": 60, "clamp_ps": [0.33, 0.999], "aent_ps": [0.999]}
+QUICK = {"sparsities": [15, 5], "seeds": 2, "steps": 50, "clamp_ps": [0.33, 0.999], "aent_ps": [0.999]}
 
 
 def build_parser() -> argparse.ArgumentParser:
