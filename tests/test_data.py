@@ -204,27 +204,12 @@ def write_source(rows, kind, folder):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from aent.verl.testing import build_tiny_tokenizer
 
-    tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["What is 1 + 1? Let's think step by step.", "\\boxed{\\frac{1}{2}} apples"] * 20, trainer)
-    wrapped = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|im_end|>", bos_token="<|im_start|>"
-    )
-    wrapped.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return wrapped
+    corpus = ["What is 1 + 1? Let's think step by step.", "\\boxed{\\frac{1}{2}} apples"] * 20
+    return build_tiny_tokenizer(400, corpus)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

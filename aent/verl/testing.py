@@ -16,7 +16,7 @@ import contextlib
 import os
 from typing import Any, List, Optional
 
-__all__ = ["use_cpu_platform", "build_tiny_qwen2", "init_single_process_group"]
+__all__ = ["use_cpu_platform", "build_tiny_tokenizer", "build_tiny_qwen2", "init_single_process_group"]
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -139,6 +139,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def build_tiny_tokenizer(vocab_size: int = 376, corpus: Optional[List[str]] = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained in place on ``corpus`` (default: a few lines of arithmetic
+    text; well under a second), with ChatML special tokens and chat template. Nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if corpus is None:
+        corpus = [f"What is {a} + {b}? The answer is \\boxed{{{a + b}}}." for a in range(20) for b in range(10)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    return fast
+
+
 def build_tiny_qwen2(path: str, *, vocab_size: int = 384, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
     """Write a random Qwen2 causal LM and a trained-in-place byte-level BPE tokenizer to ``path``; return ``path``.
 
@@ -146,23 +169,10 @@ def build_tiny_qwen2(path: str, *, vocab_size: int = 384, hidden_size: int = 32,
     the model's vocabulary is ``vocab_size`` (at least the tokenizer's). Nothing is downloaded.
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     os.makedirs(path, exist_ok=True)
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [f"What is {a} + {b}? The answer is \\boxed{{{a + b}}}." for a in range(20) for b in range(10)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 8, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
-    )
-    fast.chat_template = _CHAT_TEMPLATE
+    fast = build_tiny_tokenizer(vocab_size - 8)
     fast.save_pretrained(path)
     torch.manual_seed(seed)
     config = Qwen2Config(
