@@ -239,29 +239,33 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def print_table(rows: List[Dict[str, str]]) -> None:
-    cols = [
-        "variant",
-        "dtype",
-        "tokens",
-        "ms_min",
-        "ms_median",
-        "ratio_vs_full",
-        "peak_extra_gib",
-        "peak_over_logits",
-        "check",
-    ]
+TABLE_COLUMNS = [
+    "variant",
+    "dtype",
+    "tokens",
+    "ms_min",
+    "ms_median",
+    "ratio_vs_full",
+    "peak_extra_gib",
+    "peak_over_logits",
+    "check",
+]
+
+
+def print_table(rows: List[Dict[str, str]], cols: List[str] = TABLE_COLUMNS) -> None:
+    """Print ``rows`` as an aligned plain-text table of ``cols`` (also used by bench_step.py)."""
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
 
 
-def append_csv(path: Path, rows: List[Dict[str, str]]) -> None:
+def append_csv(path: Path, rows: List[Dict[str, str]], fields: List[str] = CSV_FIELDS) -> None:
+    """Append ``rows`` to the results file at ``path`` (header first if new; also used by bench_step.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)

@@ -20,7 +20,6 @@ Reports ms (CUDA events, min and median after warm-up), peak memory and the rati
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import statistics
 import sys
@@ -33,6 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from bench_entropy import append_csv, print_table  # noqa: E402  (the sibling script, on sys.path when run)
 
 import aent  # noqa: E402
 import aent.ops  # noqa: E402
@@ -240,19 +240,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(row)
 
     cols = ["variant", "entropy_impl", "ms_min", "ms_median", "ratio_vs_pg", "peak_gib", "note"]
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    print_table(rows, cols)
     csv_path = args.csv or (None if device == "cpu" else REPO / "benchmarks" / "step.csv")
     if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new = not csv_path.exists() or csv_path.stat().st_size == 0
-        with csv_path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_csv(Path(csv_path), rows, CSV_FIELDS)
         print(f"# appended {len(rows)} rows to {csv_path}")
     return 1 if any(r["note"] for r in rows) else 0
 
