@@ -59,3 +59,22 @@ def test_chunked_path_peak_memory_stays_near_input_plus_gradient():
     assert result["grad_ok"]
     # the gradient itself is one logits-size tensor; allow 25% on top for chunk scratch and allocator slack
     assert result["extra"] < 1.25 * result["logits"], result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, args",
+    [("bench_entropy.py", ["--quick"]), ("bench_step.py", [])],
+)
+def test_benchmark_scripts_run_on_cpu_and_append_rows(tmp_path, script, args):
+    """The GPU session runs these scripts once with little device time: keep them working (CPU, tiny sizes)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    csv_path = tmp_path / "results.csv"
+    cmd = [sys.executable, str(repo / "scripts" / script), "--device", "cpu", "--csv", str(csv_path), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) >= 3  # header + at least two variants
+    assert "cpu" in lines[1]
