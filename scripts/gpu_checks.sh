@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The one script a GPU session runs (one H100; ~4-6 minutes): full-size correctness of the fused kernels, then the
-# entropy benchmark, then the training-step benchmark. Every stage runs under its own time limit and a failing stage
-# does not stop the next one; the exit status is non-zero if any stage failed.
+# The one script a GPU session runs (one H100 or H200): full-size correctness of the fused kernels, then the entropy
+# benchmark, then the training-step benchmark. Every stage runs under its own time limit (120 + 210 + 120 s at most,
+# so the whole script fits one 480-s device call with time left for a rerun in a 15-minute budget) and a failing
+# stage does not stop the next one; the exit status is non-zero if any stage failed.
 #
 #   bash scripts/gpu_checks.sh            # from the repository root (or anywhere: it changes into the root)
+#   AENT_GPU_PYTEST=1 bash scripts/gpu_checks.sh   # also run `pytest -m gpu` (repeats the verify stage; +90 s cap)
 #
 # Output: everything printed goes to $OUT/gpu_checks.log as well; the results files benchmarks/entropy.csv and
 # benchmarks/step.csv get rows appended and are copied to $OUT. Without $OUT a temporary folder is used and named at
@@ -59,20 +61,22 @@ EOF
     fi
 
     # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows).
-    stage "verify (fp32/bf16, T in 1 3 4097, V 151936)" 300 "$PY" scripts/bench_entropy.py --verify
-    if "$PY" -c "import pytest" 2>/dev/null; then
-        stage "pytest -m gpu tests/test_triton_entropy.py" 300 \
-            "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py
-    else
-        echo "pytest not importable here: the CUDA tests ran as 'verify' above only"
+    stage "verify (fp32/bf16, T in 1 3 4097, V 151936)" 120 "$PY" scripts/bench_entropy.py --verify
+    if [ "${AENT_GPU_PYTEST:-0}" = 1 ]; then
+        if "$PY" -c "import pytest" 2>/dev/null; then
+            stage "pytest -m gpu tests/test_triton_entropy.py" 90 \
+                "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py
+        else
+            echo "pytest not importable here: the CUDA tests ran as 'verify' above only"
+        fi
     fi
 
     # 2. Entropy benchmark (T 4096 and 16384, fp32 and bf16, p 0.33), with two other forward block shapes.
-    stage "bench_entropy" 420 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
+    stage "bench_entropy" 210 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
 
     # 3. Step overhead on a Qwen2.5-1.5B-shaped model, 4 x 1024 tokens.
     if "$PY" -c "import transformers" 2>/dev/null; then
-        stage "bench_step" 300 "$PY" scripts/bench_step.py
+        stage "bench_step" 120 "$PY" scripts/bench_step.py
     else
         FAILED+=("bench_step (transformers not importable)")
     fi

@@ -231,6 +231,32 @@ def test_argument_errors(kernels):
         kernels.clamped_entropy_rows(torch.randn(2, 8), 2, forward_block=300)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("vocab", [VOCAB_FULL, 262_144], ids=["V151936", "V262144"])
+def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
+    """Real vocabulary sizes with the default block shapes (the ones a GPU runs), in the interpreter: many blocks
+    per row, a partial last block, padded -inf columns and a tie-heavy row."""
+    gen = torch.Generator().manual_seed(vocab)
+    # A narrow spread keeps every kept token's probability (and gradient) far from underflow, so that the exact
+    # kept set can be read off the gradient's non-zero pattern.
+    logits = torch.randn(2, vocab, generator=gen).to(dtype)
+    logits[1] = (logits[1].float() * 4).round().to(dtype)  # a few dozen distinct values: ties at the threshold
+    logits[:, -100:] = float("-inf")  # padded vocabulary
+    grad_out = torch.randn(2, generator=gen)
+    clamp_p = 0.33
+    x = logits.clone().requires_grad_()
+    with interpreter_mode():
+        ent = kernels.clamped_entropy_rows(x, aent.num_removed(vocab, clamp_p))
+        ent.backward(grad_out)
+    ref_ent, ref_grad = _reference(logits, clamp_p, grad_out)
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(x.grad.double(), ref_grad, rtol=rtol, atol=atol)
+    kept = _kept_mask(logits, clamp_p)
+    assert torch.equal(x.grad != 0, kept)  # exactly the SPEC kept set gets a gradient, ties included
+    assert kept[0].sum() >= vocab - aent.num_removed(vocab, clamp_p)
+
+
 @pytest.fixture
 def interpreted_dispatch(kernels, monkeypatch):
     """Route ``clamped_entropy(impl="triton")`` to the interpreted kernels, as it would reach the compiled ones."""
