@@ -235,7 +235,7 @@ def test_argument_errors(kernels):
 @pytest.mark.parametrize("vocab", [VOCAB_FULL, 262_144], ids=["V151936", "V262144"])
 def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     """Real vocabulary sizes with the default block shapes (the ones a GPU runs), in the interpreter: many blocks
-    per row, a partial last block, padded -inf columns and a tie-heavy row."""
+    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row."""
     gen = torch.Generator().manual_seed(vocab)
     # A narrow spread keeps every kept token's probability (and gradient) far from underflow, so that the exact
     # kept set can be read off the gradient's non-zero pattern.
