@@ -36,7 +36,9 @@ def info(argv: Optional[List[str]] = None) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="aent", description="AEnt: clamped entropy with an adaptive coefficient.")
-    parser.add_argument("command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items()))
+    parser.add_argument(
+        "command", choices=sorted(SUBCOMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in SUBCOMMANDS.items())
+    )
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (see aent COMMAND --help)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()

@@ -80,7 +80,9 @@ class AdaptiveCoefficient:
         if self.reg < 0:
             raise ValueError(f"reg must be >= 0, got {self.reg}")
         if self.coef_min < 0:
-            raise ValueError(f"coef_min must be >= 0 (a negative coefficient would minimise entropy), got {self.coef_min}")
+            raise ValueError(
+                f"coef_min must be >= 0 (a negative coefficient would minimise entropy), got {self.coef_min}"
+            )
         if self.coef_min > self.coef_max:
             raise ValueError(f"coef_min ({self.coef_min}) must not exceed coef_max ({self.coef_max})")
         if not (self.coef_min <= self.init <= self.coef_max):

@@ -126,14 +126,28 @@ class DemoConfig:
     @classmethod
     def quick_config(cls, **overrides: Any) -> DemoConfig:
         """A smaller run for ``--quick`` and the tests: fewer steps and prompts, the same code path."""
-        base = dict(steps=25, warmup_steps=250, prompts_per_step=8, group_size=8, eval_size=128, eval_every=5,
-                    quick=True)
+        base = dict(
+            steps=25, warmup_steps=250, prompts_per_step=8, group_size=8, eval_size=128, eval_every=5, quick=True
+        )
         base.update(overrides)
         return cls(**base)
 
     def validate(self) -> None:
-        for name in ("steps", "threads", "warmup_batch", "prompts_per_step", "mini_batches", "max_new_tokens", "eval_every",
-                     "hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_multiple", "eval_size"):
+        for name in (
+            "steps",
+            "threads",
+            "warmup_batch",
+            "prompts_per_step",
+            "mini_batches",
+            "max_new_tokens",
+            "eval_every",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "vocab_multiple",
+            "eval_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -280,8 +294,9 @@ def warmup(model, tokenizer, task: AdditionTask, cfg: DemoConfig, progress: bool
     for step in bar:
         pairs = task.warmup_batch(step, cfg.warmup_batch, cfg.warmup_noise)
         prompts = _encode(tokenizer, [prompt for prompt, _ in pairs], device)
-        responses = [tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                     for _, target in pairs]
+        responses = [
+            tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, target in pairs
+        ]
         length = max(len(r) for r in responses)
         resp = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
         mask = torch.zeros((len(pairs), length), dtype=torch.float32, device=device)
@@ -324,8 +339,12 @@ class RolloutBatch:
         return self.response_ids.shape[0]
 
     def select(self, index: torch.Tensor) -> RolloutBatch:
-        return RolloutBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
-                               for f in dataclasses.fields(self)})
+        return RolloutBatch(
+            **{
+                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
 def _response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -370,16 +389,18 @@ def generate(model, tokenizer, prompt_ids: torch.Tensor, cfg: DemoConfig, greedy
     model.eval()
     out = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=gen)
     model.train(was_training)
-    return out[:, prompt_ids.shape[1]:]
+    return out[:, prompt_ids.shape[1] :]
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> List[str]:
-    return [tokenizer.decode(ids[: int(m.sum())].tolist(), skip_special_tokens=True)
-            for ids, m in zip(response_ids, mask)]
+    return [
+        tokenizer.decode(ids[: int(m.sum())].tolist(), skip_special_tokens=True) for ids, m in zip(response_ids, mask)
+    ]
 
 
-def rollout(model, tokenizer, task: AdditionTask, pairs: Sequence[Tuple[int, int]], cfg: DemoConfig,
-            compute_score: Callable) -> RolloutBatch:
+def rollout(
+    model, tokenizer, task: AdditionTask, pairs: Sequence[Tuple[int, int]], cfg: DemoConfig, compute_score: Callable
+) -> RolloutBatch:
     """Sample ``group_size`` responses per problem, score them, and compute group-normalised advantages."""
     device = next(model.parameters()).device
     prompt_ids = _encode(tokenizer, [task.prompt(a, b) for a, b in pairs], device)
@@ -417,8 +438,9 @@ def evaluate(model, tokenizer, task: AdditionTask, cfg: DemoConfig, compute_scor
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _response_logits(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+def _response_logits(
+    model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Temperature-scaled logits ``(n, R, V)`` that predict each response token (position ``P - 1 + j``)."""
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([torch.ones_like(prompt_ids, dtype=torch.long), response_mask.long()], dim=1)
@@ -520,8 +542,20 @@ def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.AdaptiveCoefficien
 
 
 METRIC_COLUMNS = (
-    "step", "reward", "accuracy", "format_rate", "entropy", "clamped_entropy", "coef", "coef_next",
-    "response_length", "pg_loss", "entropy_term", "clip_frac", "eval_accuracy", "seconds",
+    "step",
+    "reward",
+    "accuracy",
+    "format_rate",
+    "entropy",
+    "clamped_entropy",
+    "coef",
+    "coef_next",
+    "response_length",
+    "pg_loss",
+    "entropy_term",
+    "clip_frac",
+    "eval_accuracy",
+    "seconds",
 )
 
 
@@ -553,12 +587,26 @@ def train_arm(
         batch.old_log_probs = old_log_probs(model, batch, cfg)
 
         coef_used = coef.value
-        totals = {"pg_loss": 0.0, "entropy_term": 0.0, "clip_frac": 0.0, "entropy": 0.0, "measure": 0.0,
-                  "controller": 0.0, "tokens": 0.0}
+        totals = {
+            "pg_loss": 0.0,
+            "entropy_term": 0.0,
+            "clip_frac": 0.0,
+            "entropy": 0.0,
+            "measure": 0.0,
+            "controller": 0.0,
+            "tokens": 0.0,
+        }
         order = torch.randperm(len(batch), device=batch.response_ids.device)
         for index in order.chunk(cfg.mini_batches):
-            loss, stats = grpo_loss(model, batch.select(index), coef.value, clamp_p, cfg.clip_eps, cfg.temperature,
-                                    measure_clamp_p=cfg.clamp_p)
+            loss, stats = grpo_loss(
+                model,
+                batch.select(index),
+                coef.value,
+                clamp_p,
+                cfg.clip_eps,
+                cfg.temperature,
+                measure_clamp_p=cfg.clamp_p,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -597,7 +645,9 @@ def train_arm(
         }
         rows.append(row)
         if progress and hasattr(bar, "set_postfix"):
-            bar.set_postfix(acc=f"{row['accuracy']:.2f}", H=f"{row['entropy']:.3f}", coef=f"{coef_used:.4f}", refresh=False)
+            bar.set_postfix(
+                acc=f"{row['accuracy']:.2f}", H=f"{row['entropy']:.3f}", coef=f"{coef_used:.4f}", refresh=False
+            )
     return rows
 
 
@@ -611,12 +661,13 @@ def write_metrics_csv(path: str, rows: Sequence[Dict[str, float]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(METRIC_COLUMNS))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if isinstance(row[k], float) and math.isnan(row[k]) else row[k])
-                             for k in METRIC_COLUMNS})
+            writer.writerow(
+                {k: ("" if isinstance(row[k], float) and math.isnan(row[k]) else row[k]) for k in METRIC_COLUMNS}
+            )
 
 
 def summarize(arm: str, rows: Sequence[Dict[str, float]], initial_eval: float) -> Dict[str, Any]:
-    tail = rows[-max(1, len(rows) // 5):]  # last 20% of the steps
+    tail = rows[-max(1, len(rows) // 5) :]  # last 20% of the steps
 
     def mean(key: str) -> float:
         return sum(r[key] for r in tail) / len(tail)
@@ -640,17 +691,24 @@ def format_summary(summary: Sequence[Dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in summary:
         cells = [
-            ARM_LABELS[s["arm"]], f"{s['eval_acc_start']:.3f}", f"{s['eval_acc_end']:.3f}",
-            f"{s['train_acc_last20']:.3f}", f"{s['format_rate_last20']:.3f}", f"{s['entropy_last20']:.3f}",
-            f"{s['clamped_entropy_last20']:.3f}", f"{s['coef_end']:.4f}", f"{s['response_length_last20']:.1f}",
+            ARM_LABELS[s["arm"]],
+            f"{s['eval_acc_start']:.3f}",
+            f"{s['eval_acc_end']:.3f}",
+            f"{s['train_acc_last20']:.3f}",
+            f"{s['format_rate_last20']:.3f}",
+            f"{s['entropy_last20']:.3f}",
+            f"{s['clamped_entropy_last20']:.3f}",
+            f"{s['coef_end']:.4f}",
+            f"{s['response_length_last20']:.1f}",
             f"{s['seconds']:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(path: str, results: Dict[str, List[Dict[str, float]]], cfg: DemoConfig,
-         initial_eval: Optional[float] = None) -> None:
+def plot(
+    path: str, results: Dict[str, List[Dict[str, float]]], cfg: DemoConfig, initial_eval: Optional[float] = None
+) -> None:
     """One PNG: accuracy, full entropy, clamped entropy (with AEnt's band), coefficient, response length.
 
     Training curves are smoothed over 5 steps; held-out accuracy is plotted against the number of updates done
@@ -682,8 +740,14 @@ def plot(path: str, results: Dict[str, List[Dict[str, float]]], cfg: DemoConfig,
                 xs = [x + 1 for x in xs]
                 if initial_eval is not None:
                     xs, ys = [0] + xs, [initial_eval] + ys
-            ax.plot(xs, ys, color=colors[arm], label=ARM_LABELS[arm], marker="o" if key == "eval_accuracy" else None,
-                    markersize=3)
+            ax.plot(
+                xs,
+                ys,
+                color=colors[arm],
+                label=ARM_LABELS[arm],
+                marker="o" if key == "eval_accuracy" else None,
+                markersize=3,
+            )
         if key == "clamped_entropy" and "aent" in results:
             ax.axhspan(cfg.aent_low, cfg.aent_high, color="tab:red", alpha=0.12, lw=0)
         ax.set_title(title, fontsize=9)
@@ -691,8 +755,11 @@ def plot(path: str, results: Dict[str, List[Dict[str, float]]], cfg: DemoConfig,
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"aent demo: GRPO on 2-digit additions, tiny Qwen2 ({cfg.steps} steps, seed {cfg.seed}); "
-                 "a smoke test of the mechanics, not evidence for accuracy claims", fontsize=9)
+    fig.suptitle(
+        f"aent demo: GRPO on 2-digit additions, tiny Qwen2 ({cfg.steps} steps, seed {cfg.seed}); "
+        "a smoke test of the mechanics, not evidence for accuracy claims",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -725,9 +792,17 @@ def _progress(iterable, desc: str, enabled: bool):
 def _check_dependencies() -> None:
     import importlib.util
 
-    missing = [name for name, module in (("transformers", "transformers"), ("tokenizers", "tokenizers"),
-                                         ("matplotlib", "matplotlib"), ("tqdm", "tqdm"), ("math-verify", "math_verify"))
-               if importlib.util.find_spec(module) is None]
+    missing = [
+        name
+        for name, module in (
+            ("transformers", "transformers"),
+            ("tokenizers", "tokenizers"),
+            ("matplotlib", "matplotlib"),
+            ("tqdm", "tqdm"),
+            ("math-verify", "math_verify"),
+        )
+        if importlib.util.find_spec(module) is None
+    ]
     if missing:
         raise RuntimeError(
             f"aent demo needs {', '.join(missing)}; install them with: pip install 'aent[demo,math]' (or `make demo`)"
@@ -815,15 +890,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out-dir", default="runs/demo", help="where the CSVs, figure and summary go")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
-    parser.add_argument("--clamp-p", type=float, default=None,
-                        help="removed vocabulary fraction of AEnt's clamped entropy (default 0.5 for this 32-logit model)")
+    parser.add_argument(
+        "--clamp-p",
+        type=float,
+        default=None,
+        help="removed vocabulary fraction of AEnt's clamped entropy (default 0.5 for this 32-logit model)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    overrides: Dict[str, Any] = {"seed": args.seed, "device": args.device, "out_dir": args.out_dir,
-                                 "arms": tuple(a.strip() for a in args.arms.split(",") if a.strip())}
+    overrides: Dict[str, Any] = {
+        "seed": args.seed,
+        "device": args.device,
+        "out_dir": args.out_dir,
+        "arms": tuple(a.strip() for a in args.arms.split(",") if a.strip()),
+    }
     if args.steps is not None:
         overrides["steps"] = args.steps
     if args.clamp_p is not None:
@@ -849,8 +932,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     print("* = mean over the last 20% of the steps; H = full entropy, H~ = clamped entropy (nats/token)\n")
     print(format_summary(out["summary"]))
-    print(f"\noutputs in {cfg.out_dir}: metrics_<arm>.csv, summary.csv, config.json, demo.png "
-          f"({time.perf_counter() - start:.0f} s)")
+    print(
+        f"\noutputs in {cfg.out_dir}: metrics_<arm>.csv, summary.csv, config.json, demo.png "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 0
 
 

@@ -46,7 +46,9 @@ def _check_args(logits: torch.Tensor, clamp_p: float, chunk_size: Optional[int])
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor (float32, bfloat16, float16 or float64), got {logits.dtype}")
+        raise ValueError(
+            f"logits must be a floating-point tensor (float32, bfloat16, float16 or float64), got {logits.dtype}"
+        )
     if logits.dim() == 0:
         raise ValueError("logits must have at least one dimension (the vocabulary is the last one), got a scalar")
     if logits.shape[-1] == 0:

@@ -187,8 +187,9 @@ def sample_episodes(probs: torch.Tensor, group_size: int, generator: torch.Gener
     All ``H`` actions are drawn up front; the ones after a wrong action are never visited (see ``visited_mask``).
     """
     runs, horizon, num_actions = probs.shape
-    flat = torch.multinomial(probs.reshape(runs * horizon, num_actions), group_size, replacement=True,
-                             generator=generator)
+    flat = torch.multinomial(
+        probs.reshape(runs * horizon, num_actions), group_size, replacement=True, generator=generator
+    )
     return flat.reshape(runs, horizon, group_size).transpose(1, 2).contiguous()
 
 
@@ -358,7 +359,9 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
     learners = cfg.learners()
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
     # Run order (learner, sparsity, seed): each learner's runs are one contiguous slice of the batch.
-    runs = [(li, ki, si) for li in range(len(learners)) for ki in range(len(cfg.sparsities)) for si in range(len(seeds))]
+    runs = [
+        (li, ki, si) for li in range(len(learners)) for ki in range(len(cfg.sparsities)) for si in range(len(seeds))
+    ]
     per_learner = len(cfg.sparsities) * len(seeds)
     H, A = cfg.horizon, cfg.num_actions
 
@@ -471,8 +474,10 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
                 "final_tail_mass": float(stacked["tail_mass"][r, -1]),
                 "final_coef": float(stacked["coef"][r, -1]),
                 # not measured before the first update: null (JSON has no NaN)
-                "curves": {name: [round(float(v), 6) if math.isfinite(float(v)) else None for v in stacked[name][r]]
-                           for name in stacked},
+                "curves": {
+                    name: [round(float(v), 6) if math.isfinite(float(v)) else None for v in stacked[name][r]]
+                    for name in stacked
+                },
             }
         )
     return {
@@ -493,9 +498,7 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
                 "plausible_wrong_weights": cfg.plausible_wrong_weights,
                 "tail_weight": cfg.tail_weight,
                 "tail_logits": f"Normal(0, {cfg.tail_std})",
-                "initial_optimal_probability": {
-                    str(k): _initial_optimal_probability(cfg, k) for k in cfg.sparsities
-                },
+                "initial_optimal_probability": {str(k): _initial_optimal_probability(cfg, k) for k in cfg.sparsities},
             },
             "mdp_seed": "seed * 1000 + sparsity",
         },
@@ -523,7 +526,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def summarize(runs: List[Dict[str, Any]], learners: Sequence[LearnerSpec], sparsities: Sequence[int]) -> List[Dict[str, Any]]:
+def summarize(
+    runs: List[Dict[str, Any]], learners: Sequence[LearnerSpec], sparsities: Sequence[int]
+) -> List[Dict[str, Any]]:
     """Mean and spread across seeds of the final success probability and of its mean over training, per setting."""
     rows = []
     for k in sparsities:
@@ -579,15 +584,28 @@ def markdown_table(results: Dict[str, Any]) -> str:
             row = by[name, k]
             cells.append(f"{row['final_success_mean']:.3f} +- {row['final_success_sem']:.3f} [{row['num_solved']}/{n}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean over training of the same probability (area under the curve / iterations):", "", header,
-              "|---|" + "---|" * len(sparsities)]
+    lines += [
+        "",
+        "Mean over training of the same probability (area under the curve / iterations):",
+        "",
+        header,
+        "|---|" + "---|" * len(sparsities),
+    ]
     for name in names:
         cells = [f"{by[name, k]['mean_success_mean']:.3f} +- {by[name, k]['mean_success_sem']:.3f}" for k in sparsities]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Final probability mass on the prior's tail (actions outside the initial plausible set), mean over "
-              "seeds and states:", "", header, "|---|" + "---|" * len(sparsities)]
+    lines += [
+        "",
+        "Final probability mass on the prior's tail (actions outside the initial plausible set), mean over "
+        "seeds and states:",
+        "",
+        header,
+        "|---|" + "---|" * len(sparsities),
+    ]
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(f"{by[name, k]['final_tail_mass_mean']:.3f}" for k in sparsities) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{by[name, k]['final_tail_mass_mean']:.3f}" for k in sparsities) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -610,8 +628,14 @@ def plot_results(results: Dict[str, Any], path: str, metric: str = "success") ->
             mean = vals.mean(0)
             style = "--" if name.startswith("AEnt") else "-"
             ax.plot(steps, mean.tolist(), style, color=colors[i % len(colors)], label=name, linewidth=1.5)
-            ax.fill_between(steps, vals.min(0).values.tolist(), vals.max(0).values.tolist(),
-                            color=colors[i % len(colors)], alpha=0.12, linewidth=0)
+            ax.fill_between(
+                steps,
+                vals.min(0).values.tolist(),
+                vals.max(0).values.tolist(),
+                color=colors[i % len(colors)],
+                alpha=0.12,
+                linewidth=0,
+            )
         ax.set_title(f"{k} optimal action{'s' if k != 1 else ''}")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -669,34 +693,60 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out-dir", default=os.path.join("runs", "toy-mdp"), help="output directory (created)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"a run of under a minute: overrides to {QUICK} unless those options are given")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a run of under a minute: overrides to {QUICK} unless those options are given",
+    )
     p.add_argument("--num-actions", type=int, default=None, help=f"|A| (default {d.num_actions})")
     p.add_argument("--horizon", type=int, default=None, help=f"states in the chain (default {d.horizon})")
-    p.add_argument("--sparsities", type=_int_list, default=None,
-                   help=f"numbers of optimal actions per state, one panel each (default {d.sparsities})")
+    p.add_argument(
+        "--sparsities",
+        type=_int_list,
+        default=None,
+        help=f"numbers of optimal actions per state, one panel each (default {d.sparsities})",
+    )
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per setting (default {d.seeds})")
     p.add_argument("--first-seed", type=int, default=d.first_seed)
     p.add_argument("--steps", type=int, default=None, help=f"policy updates (default {d.steps})")
     p.add_argument("--group-size", type=int, default=d.group_size, help="episodes per iteration (GRPO group)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
     p.add_argument("--lr", type=float, default=d.lr, help="optimizer learning rate on the logits")
-    p.add_argument("--coef", type=float, default=d.coef,
-                   help="entropy coefficient of the constant learners and AEnt's initial coefficient")
-    p.add_argument("--clamp-ps", type=_float_list, default=None,
-                   help=f"removed fractions p of the clamped learners, each in (0,1) (default {d.clamp_ps})")
-    p.add_argument("--aent-ps", type=_float_list, default=None,
-                   help=f"removed fractions p of the AEnt learners (default {d.aent_ps})")
+    p.add_argument(
+        "--coef",
+        type=float,
+        default=d.coef,
+        help="entropy coefficient of the constant learners and AEnt's initial coefficient",
+    )
+    p.add_argument(
+        "--clamp-ps",
+        type=_float_list,
+        default=None,
+        help=f"removed fractions p of the clamped learners, each in (0,1) (default {d.clamp_ps})",
+    )
+    p.add_argument(
+        "--aent-ps",
+        type=_float_list,
+        default=None,
+        help=f"removed fractions p of the AEnt learners (default {d.aent_ps})",
+    )
     p.add_argument("--no-aent", action="store_true", help="leave out the AEnt (adaptive coefficient) learners")
     p.add_argument("--aent-band", type=_band, default=d.aent_band, help="AEnt target band of the clamped entropy, nats")
     p.add_argument("--aent-lr", type=float, default=d.aent_lr, help="AEnt controller step size")
     p.add_argument("--aent-coef-max", type=float, default=d.aent_coef_max, help="AEnt upper coefficient bound")
     p.add_argument("--aent-coef-min", type=float, default=d.aent_coef_min, help="AEnt lower coefficient bound")
     p.add_argument("--decoy-quality", type=float, default=d.decoy_quality, help="per-step reward factor of a decoy")
-    p.add_argument("--optimal-weight", type=float, default=d.optimal_weight,
-                   help="prior weight of each optimal action (of all of them together with --split-optimal)")
-    p.add_argument("--split-optimal", action="store_true",
-                   help="the optimal actions share --optimal-weight instead of each having it")
+    p.add_argument(
+        "--optimal-weight",
+        type=float,
+        default=d.optimal_weight,
+        help="prior weight of each optimal action (of all of them together with --split-optimal)",
+    )
+    p.add_argument(
+        "--split-optimal",
+        action="store_true",
+        help="the optimal actions share --optimal-weight instead of each having it",
+    )
     p.add_argument("--tail-weight", type=float, default=d.tail_weight, help="prior weight of the whole tail")
     p.add_argument("--adam-eps", type=float, default=d.adam_eps, help="Adam epsilon")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -758,8 +808,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         f.write(table)
     plot_results(results, os.path.join(args.out_dir, "figure.png"))
     print(table)
-    print(f"{len(results['runs'])} runs in {results['elapsed_seconds']:.1f} s; wrote {json_path}, table.md and "
-          f"figure.png to {args.out_dir}")
+    print(
+        f"{len(results['runs'])} runs in {results['elapsed_seconds']:.1f} s; wrote {json_path}, table.md and "
+        f"figure.png to {args.out_dir}"
+    )
     return 0
 
 

@@ -34,7 +34,9 @@ def test_scripted_sequence_matches_algorithm_1():
 def test_clip_at_coef_max_and_reg_pull():
     c = aent.AdaptiveCoefficient(init=0.002, entropy_low=0.5, entropy_high=0.6, lr=1.0, coef_min=0.0, coef_max=9e-3)
     assert c.update(0.0, 0) == 9e-3
-    r = aent.AdaptiveCoefficient(init=0.002, entropy_low=0.1, entropy_high=0.9, lr=0.1, coef_min=0.0, coef_max=1.0, reg=0.5)
+    r = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.1, entropy_high=0.9, lr=0.1, coef_min=0.0, coef_max=1.0, reg=0.5
+    )
     r.value = 0.01
     # inside the band only the pull toward init acts: 0.01 - 0.1 * 0.5 * (0.01 - 0.002)
     assert r.update(0.5, 0) == pytest.approx(0.01 - 0.1 * 0.5 * 0.008, abs=1e-15)
@@ -133,7 +135,9 @@ band = st.tuples(st.floats(0, 2), st.floats(0, 2)).map(sorted)
 def test_properties_direction_and_bounds(band, lr, entropies, bounds):
     lo, hi = band
     cmin, cmax = bounds
-    c = aent.AdaptiveCoefficient(init=(cmin + cmax) / 2, entropy_low=lo, entropy_high=hi, lr=lr, coef_min=cmin, coef_max=cmax)
+    c = aent.AdaptiveCoefficient(
+        init=(cmin + cmax) / 2, entropy_low=lo, entropy_high=hi, lr=lr, coef_min=cmin, coef_max=cmax
+    )
     for step, h in enumerate(entropies):
         before = c.value
         after = c.update(h, step)

@@ -36,8 +36,18 @@ def _read_csv(path):
 def _tiny_config(tmp_path, **overrides):
     """A config small enough for unit tests: random-init model, no warm-up, a handful of samples."""
     base = dict(
-        steps=3, warmup_steps=0, prompts_per_step=2, group_size=4, mini_batches=2, eval_size=8, eval_every=100,
-        max_new_tokens=8, out_dir=str(tmp_path), hidden_size=32, intermediate_size=64, num_heads=2,
+        steps=3,
+        warmup_steps=0,
+        prompts_per_step=2,
+        group_size=4,
+        mini_batches=2,
+        eval_size=8,
+        eval_every=100,
+        max_new_tokens=8,
+        out_dir=str(tmp_path),
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
     )
     base.update(overrides)
     return demo.DemoConfig(**base)
@@ -125,8 +135,9 @@ def test_quick_aent_coefficient_follows_algorithm_1(quick_run):
 def test_train_arm_moves_coefficient_toward_band(tmp_path, band, direction):
     # A random-init model over 32 logits: clamped entropy (p = 0.5) is near ln(16) = 2.77 nats, below [3.0, 3.2]
     # and above [0, 0.5].
-    cfg = _tiny_config(tmp_path, aent_low=band[0], aent_high=band[1], aent_init=0.5, aent_lr=0.01,
-                       aent_min=0.0, aent_max=1.0)
+    cfg = _tiny_config(
+        tmp_path, aent_low=band[0], aent_high=band[1], aent_init=0.5, aent_lr=0.01, aent_min=0.0, aent_max=1.0
+    )
     tokenizer = demo.build_tokenizer()
     task = demo.AdditionTask(cfg.max_operand, cfg.seed, cfg.eval_size)
     model = demo.build_model(len(tokenizer), cfg)
@@ -147,8 +158,16 @@ def test_train_arm_moves_coefficient_toward_band(tmp_path, band, direction):
 
 @pytest.mark.parametrize("clamp_p", [0.0, 0.5, 0.33])
 def test_loss_entropy_term_equals_minus_coef_times_reference_clamped_entropy(tmp_path, clamp_p):
-    cfg = _tiny_config(tmp_path, prompts_per_step=3, group_size=4, max_new_tokens=10, warmup_steps=60,
-                       hidden_size=128, intermediate_size=256, num_heads=4)
+    cfg = _tiny_config(
+        tmp_path,
+        prompts_per_step=3,
+        group_size=4,
+        max_new_tokens=10,
+        warmup_steps=60,
+        hidden_size=128,
+        intermediate_size=256,
+        num_heads=4,
+    )
     tokenizer = demo.build_tokenizer()
     task = demo.AdditionTask(cfg.max_operand, cfg.seed, cfg.eval_size)
     model = demo.build_model(len(tokenizer), cfg)

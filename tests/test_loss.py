@@ -24,7 +24,9 @@ def test_aggregate_matches_verl_agg_loss(mode):
     torch.testing.assert_close(ours, theirs.to(ours.dtype), atol=1e-6, rtol=1e-6)
     n_tok, n_seq = mask.sum(), (mask.sum(-1) > 0).sum()
     ours_g = aent.aggregate(values, mask, mode, num_tokens=2 * n_tok, num_seqs=2 * n_seq, loss_scale_factor=5)
-    theirs_g = core_algos.agg_loss(values, mask, mode, batch_num_tokens=2 * n_tok, global_batch_size=2 * n_seq, loss_scale_factor=5)
+    theirs_g = core_algos.agg_loss(
+        values, mask, mode, batch_num_tokens=2 * n_tok, global_batch_size=2 * n_seq, loss_scale_factor=5
+    )
     torch.testing.assert_close(ours_g, theirs_g.to(ours.dtype), atol=1e-6, rtol=1e-6)
 
 

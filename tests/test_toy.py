@@ -13,8 +13,19 @@ import aent
 from aent import toy
 from aent.toy import DECOY, OPTIMAL, WRONG, ToyConfig, build_mdp
 
-SMALL_ARGS = ["--num-actions", "3000", "--horizon", "2", "--seeds", "2", "--steps", "6", "--no-progress",
-              "--threads", "1"]
+SMALL_ARGS = [
+    "--num-actions",
+    "3000",
+    "--horizon",
+    "2",
+    "--seeds",
+    "2",
+    "--steps",
+    "6",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 def small_config(**overrides) -> ToyConfig:
@@ -26,9 +37,18 @@ def small_config(**overrides) -> ToyConfig:
 
 @pytest.mark.parametrize("num_optimal, split", [(1, False), (2, False), (5, True), (15, False), (15, True)])
 def test_mdp_classes_and_prior_match_parameters(num_optimal, split):
-    mdp = build_mdp(20_000, 3, num_optimal, seed=7, optimal_weight=0.02, split_optimal=split,
-                    decoy_weights=(0.45, 0.2), plausible_wrong_weights=(0.1, 0.05, 0.05), tail_weight=0.05,
-                    decoy_quality=0.6)
+    mdp = build_mdp(
+        20_000,
+        3,
+        num_optimal,
+        seed=7,
+        optimal_weight=0.02,
+        split_optimal=split,
+        decoy_weights=(0.45, 0.2),
+        plausible_wrong_weights=(0.1, 0.05, 0.05),
+        tail_weight=0.05,
+        decoy_quality=0.6,
+    )
     assert mdp.horizon == 3 and mdp.num_actions == 20_000
     each_optimal = 0.02 / num_optimal if split else 0.02
     total = num_optimal * each_optimal + 0.45 + 0.2 + 0.1 + 0.05 + 0.05 + 0.05
@@ -58,13 +78,15 @@ def test_episode_return_is_product_of_qualities_and_a_wrong_action_ends_it():
     opt = [s[0] for s in mdp.optimal_sets()]
     decoy = [int(torch.nonzero(mdp.action_class[h] == DECOY)[0]) for h in range(3)]
     wrong = [int(torch.nonzero(mdp.action_class[h] == WRONG)[0]) for h in range(3)]
-    episodes = torch.tensor([
-        opt,
-        decoy,
-        [opt[0], decoy[1], opt[2]],
-        [wrong[0], opt[1], opt[2]],
-        [opt[0], opt[1], wrong[2]],
-    ])
+    episodes = torch.tensor(
+        [
+            opt,
+            decoy,
+            [opt[0], decoy[1], opt[2]],
+            [wrong[0], opt[1], opt[2]],
+            [opt[0], opt[1], wrong[2]],
+        ]
+    )
     returns = mdp.episode_return(episodes)
     assert returns.tolist() == pytest.approx([1.0, 0.6**3, 0.6, 0.0, 0.0])
     q = mdp.quality[torch.arange(3), episodes]

@@ -184,7 +184,10 @@ def run_checks(out_path: str) -> None:
         "temperature_is_one": False,
     }
     model_output = engine.prepare_model_outputs(
-        output=raw, output_args=output_args, micro_batch=td, logits_processor_func=make_aent_loss(actor_config(), CLAMP_P)
+        output=raw,
+        output_args=output_args,
+        micro_batch=td,
+        logits_processor_func=make_aent_loss(actor_config(), CLAMP_P),
     )
     seam = model_output["aent_clamped_entropy"]
     seam.values().sum().backward()
@@ -263,7 +266,9 @@ def test_clamped_entropy_comes_from_the_engines_temperature_scaled_logits(engine
 
 
 def test_entropy_is_measured_when_the_coefficient_is_zero(engine_results):
-    assert engine_results["metric_clamped_entropy_coef0"] == pytest.approx(engine_results["clamped_entropy_ref"], rel=1e-5)
+    assert engine_results["metric_clamped_entropy_coef0"] == pytest.approx(
+        engine_results["clamped_entropy_ref"], rel=1e-5
+    )
 
 
 def test_bonus_enters_the_loss_and_its_gradient_reaches_the_weights(engine_results):

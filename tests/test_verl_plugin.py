@@ -21,8 +21,9 @@ CHECK = (
 
 def _run(code, **env):
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300,
-                          env=full_env)
+    return subprocess.run(
+        [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300, env=full_env
+    )
 
 
 def test_entry_point_is_in_the_package_metadata():

@@ -75,15 +75,33 @@ def test_aent_recipes_carry_the_paper_settings(recipes):
 
     a = check_config(recipes["aent_grpo_math"])
     assert (a.clamp_p, a.coef_init, a.entropy_low, a.entropy_high, a.lr, a.coef_min, a.coef_max, a.warmup_steps) == (
-        0.33, 0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, 30
+        0.33,
+        0.002,
+        0.15,
+        0.24,
+        0.002,
+        6e-4,
+        9e-3,
+        30,
     )
     assert a.adaptive
     b = check_config(recipes["aent_grpo_openr1"])
     assert (b.clamp_p, b.coef_init, b.entropy_low, b.entropy_high, b.lr, b.coef_min, b.coef_max, b.warmup_steps) == (
-        0.25, 3e-4, 0.35, 0.62, 1e-4, 4e-5, 1e-3, 156
+        0.25,
+        3e-4,
+        0.35,
+        0.62,
+        1e-4,
+        4e-5,
+        1e-3,
+        156,
     )
     cfg_b = recipes["aent_grpo_openr1"]
-    assert (cfg_b.data.train_batch_size, cfg_b.actor_rollout_ref.rollout.n, cfg_b.data.max_response_length) == (256, 8, 7168)
+    assert (cfg_b.data.train_batch_size, cfg_b.actor_rollout_ref.rollout.n, cfg_b.data.max_response_length) == (
+        256,
+        8,
+        7168,
+    )
     assert cfg_b.actor_rollout_ref.actor.optim.lr == 1e-6 and cfg_b.actor_rollout_ref.actor.ppo_mini_batch_size == 64
     e = check_config(recipes["entreg_math"])
     assert e.clamp_p == 0.0 and not e.adaptive
@@ -153,11 +171,11 @@ def test_refusal_happens_in_verls_validate_config_before_ray():
 
     cfg = _compose("aent_grpo_math", ["trainer.use_v1=false"])
     with pytest.raises(StartupError, match="trainer.use_v1=true"):
-        main_ppo.validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+        main_ppo.validate_config(
+            config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg)
+        )
     # a run without the aent mode is left to verl
-    main_ppo.validate_config(
-        config=_compose("grpo_math"), use_reference_policy=False, use_critic=False
-    )
+    main_ppo.validate_config(config=_compose("grpo_math"), use_reference_policy=False, use_critic=False)
 
 
 def test_the_trainer_refuses_before_building_anything():
@@ -178,9 +196,19 @@ def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
     root = os.path.dirname(CONFIG_DIR)
     env = dict(os.environ, DRY_RUN="1", NNODES="2")
     proc = subprocess.run(
-        [os.path.join(root, "scripts", f"run_{recipe}.sh"), "/models/m", str(tmp_path), "4", "run1", "--",
-         "trainer.total_epochs=1"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            os.path.join(root, "scripts", f"run_{recipe}.sh"),
+            "/models/m",
+            str(tmp_path),
+            "4",
+            "run1",
+            "--",
+            "trainer.total_epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     argv = shlex.split(proc.stdout.strip().splitlines()[-1])
@@ -191,6 +219,11 @@ def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
     assert (cfg.trainer.n_gpus_per_node, cfg.trainer.nnodes, cfg.trainer.total_epochs) == (4, 2, 1)
     assert cfg.trainer.experiment_name == "run1" and cfg.trainer.default_local_dir == "checkpoints/run1"
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.AENT_DATA_DIR == str(tmp_path)
-    missing = subprocess.run([os.path.join(root, "scripts", f"run_{recipe}.sh")], capture_output=True, text=True,
-                             env=dict(os.environ, DRY_RUN="1", MODEL_PATH="", DATA_DIR=""), timeout=60)
+    missing = subprocess.run(
+        [os.path.join(root, "scripts", f"run_{recipe}.sh")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, DRY_RUN="1", MODEL_PATH="", DATA_DIR=""),
+        timeout=60,
+    )
     assert missing.returncode == 2 and "MODEL_PATH is required" in missing.stderr

@@ -70,7 +70,9 @@ class AEntPolicyLoss:
         impl: implementation of :func:`aent.clamped_entropy` (``None``: ``"auto"``).
     """
 
-    def __init__(self, actor_config: Any, clamp_p: float, *, chunk_size: Optional[int] = None, impl: Optional[str] = None):
+    def __init__(
+        self, actor_config: Any, clamp_p: float, *, chunk_size: Optional[int] = None, impl: Optional[str] = None
+    ):
         if getattr(actor_config, "entropy_coeff", 0.0) != 0.0:
             raise ValueError(
                 f"actor_rollout_ref.actor.entropy_coeff={actor_config.entropy_coeff} would add verl's own "
@@ -79,7 +81,9 @@ class AEntPolicyLoss:
             )
         if isinstance(clamp_p, bool) or not isinstance(clamp_p, (int, float)) or not 0.0 <= float(clamp_p) < 1.0:
             raise ValueError(f"aent.clamp_p must be a number in [0, 1) (removed vocabulary fraction), got {clamp_p!r}")
-        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
             raise ValueError(f"aent.chunk_size must be a positive number of rows or null, got {chunk_size!r}")
         self.actor_config = actor_config
         self.clamp_p = float(clamp_p)
@@ -170,4 +174,3 @@ def make_aent_loss(actor_config: Any, clamp_p: float, *, chunk_size: Optional[in
     clamped entropy the controller consumes) and ``aent_nonfinite_tokens``.
     """
     return AEntPolicyLoss(actor_config, clamp_p, chunk_size=chunk_size, impl=impl)
-

@@ -102,7 +102,9 @@ class AEntOptions:
         try:
             self.build_coefficient()
         except ValueError as err:
-            raise ValueError(f"invalid aent options: {err} (names: init -> aent.coef_init, others aent.<name>)") from None
+            raise ValueError(
+                f"invalid aent options: {err} (names: init -> aent.coef_init, others aent.<name>)"
+            ) from None
 
     @property
     def adaptive(self) -> bool:

@@ -105,7 +105,9 @@ def install() -> None:
             sys.meta_path.insert(0, _RegisterAfterV1Import())
         _wrap_validate_config()
     except Exception as err:
-        _warn(f"aent: the verl plugin failed to install ({type(err).__name__}: {err}); trainer mode 'aent' may be missing")
+        _warn(
+            f"aent: the verl plugin failed to install ({type(err).__name__}: {err}); trainer mode 'aent' may be missing"
+        )
 
 
 install()

@@ -75,8 +75,10 @@ class AEntTrainer(PPOTrainerSync):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
         logger.warning(
-            "AEnt: clamp_p=%s, %s coefficient %s", self.aent_options.clamp_p,
-            "adaptive" if self.aent_options.adaptive else "constant", self.coefficient,
+            "AEnt: clamp_p=%s, %s coefficient %s",
+            self.aent_options.clamp_p,
+            "adaptive" if self.aent_options.adaptive else "constant",
+            self.coefficient,
         )
 
     # -- the loss ------------------------------------------------------------------------------------------
@@ -85,7 +87,10 @@ class AEntTrainer(PPOTrainerSync):
 
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         return make_aent_loss(
-            actor_config, self.aent_options.clamp_p, chunk_size=self.aent_options.chunk_size, impl=self.aent_options.impl
+            actor_config,
+            self.aent_options.clamp_p,
+            chunk_size=self.aent_options.chunk_size,
+            impl=self.aent_options.impl,
         )
 
     def on_init_end(self):
@@ -173,7 +178,8 @@ class AEntTrainer(PPOTrainerSync):
         if not os.path.exists(path):
             logger.warning(
                 "AEnt: resuming from a checkpoint without %s (not an AEnt run?): the coefficient restarts at %s",
-                CONTROLLER_FILE, self.coefficient.value,
+                CONTROLLER_FILE,
+                self.coefficient.value,
             )
             return
         with open(path) as f:
