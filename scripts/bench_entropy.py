@@ -28,11 +28,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -44,11 +39,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # runs from a checkout without installing aent
 
 import torch  # noqa: E402
+from benchlib import GIB, append_csv, environment, fmt, print_table, sync  # noqa: E402
 
 import aent  # noqa: E402
 import aent.ops  # noqa: E402
 
-GIB = float(1 << 30)
 CSV_FIELDS = [
     "date_utc",
     "device",
@@ -153,11 +148,6 @@ def make_variants(device: str, fused_configs: List[str]) -> Dict[str, Callable]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _forward_backward(fn, logits: torch.Tensor, clamp_p: float, grad_out: Optional[torch.Tensor] = None):
     x = logits.detach().requires_grad_()
     ent = fn(x, clamp_p)
@@ -191,7 +181,7 @@ def time_variant(fn, logits: torch.Tensor, clamp_p: float, device: str, warmup: 
     times, peaks = [], []
     for rep in range(warmup + reps):
         x = logits.detach().requires_grad_()
-        _sync(device)
+        sync(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
@@ -216,29 +206,6 @@ def time_variant(fn, logits: torch.Tensor, clamp_p: float, device: str, warmup: 
     return times, max(peaks)
 
 
-def environment(device: str) -> Dict[str, str]:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = "absent"
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": name,
-        "torch": torch.__version__,
-        "triton": triton_version,
-    }
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
 TABLE_COLUMNS = [
     "variant",
     "dtype",
@@ -250,25 +217,6 @@ TABLE_COLUMNS = [
     "peak_over_logits",
     "check",
 ]
-
-
-def print_table(rows: List[Dict[str, str]], cols: List[str] = TABLE_COLUMNS) -> None:
-    """Print ``rows`` as an aligned plain-text table of ``cols`` (also used by bench_step.py)."""
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
-
-
-def append_csv(path: Path, rows: List[Dict[str, str]], fields: List[str] = CSV_FIELDS) -> None:
-    """Append ``rows`` to the results file at ``path`` (header first if new; also used by bench_step.py)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -318,7 +266,7 @@ def run_benchmark(args) -> int:
                 tokens=tokens,
                 vocab=args.vocab,
                 clamp_p=args.clamp_p,
-                logits_gib=_fmt(logits_gib, 3),
+                logits_gib=fmt(logits_gib, 3),
                 note="",
             )
             reps = args.reps
@@ -354,21 +302,21 @@ def run_benchmark(args) -> int:
             if name == "full_verl":
                 full_ms = ms_median
             row.update(
-                ms_min=_fmt(ms_min, 3),
-                ms_median=_fmt(ms_median, 3),
+                ms_min=fmt(ms_min, 3),
+                ms_median=fmt(ms_median, 3),
                 reps=len(times),
-                peak_extra_gib=_fmt(peak, 3),
-                peak_over_logits=_fmt(peak / logits_gib, 2),
-                ratio_vs_full=_fmt(ms_median / full_ms, 2),
+                peak_extra_gib=fmt(peak, 3),
+                peak_over_logits=fmt(peak / logits_gib, 2),
+                ratio_vs_full=fmt(ms_median / full_ms, 2),
             )
             rows.append(row)
         del logits
         if device == "cuda":
             torch.cuda.empty_cache()
-    print_table(rows)
+    print_table(rows, TABLE_COLUMNS)
     csv_path = args.csv or (None if device == "cpu" else REPO / "benchmarks" / "entropy.csv")
     if csv_path is not None:
-        append_csv(Path(csv_path), rows)
+        append_csv(Path(csv_path), rows, CSV_FIELDS)
         print(f"# appended {len(rows)} rows to {csv_path}")
     return 1 if failed else 0
 

@@ -20,7 +20,6 @@ Reports ms (CUDA events, min and median after warm-up), peak memory and the rati
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -32,12 +31,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from bench_entropy import append_csv, print_table  # noqa: E402  (the sibling script, on sys.path when run)
+from benchlib import GIB, append_csv, environment, print_table  # noqa: E402
 
 import aent  # noqa: E402
 import aent.ops  # noqa: E402
 
-GIB = float(1 << 30)
 CSV_FIELDS = [
     "date_utc",
     "device",
@@ -140,23 +138,6 @@ def step(model, input_ids, labels, advantages, variant: str, clamp_p: float, coe
     return loss.detach()
 
 
-def environment(device: str) -> Dict[str, str]:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = "absent"
-    transformers, _, _ = _import_transformers()
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "transformers": transformers.__version__,
-    }
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
@@ -183,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     seq = args.seq or (64 if device == "cpu" else 1024)
     # "auto": the fused kernels on CUDA when Triton imports, the torch path otherwise (reported in the table)
     entropy_impl = "triton" if device == "cuda" and aent.ops.triton_available() else "torch"
-    env = environment(device)
+    env = environment(device, extra=("transformers",))
     model_name = "tiny-qwen2" if tiny else "qwen2.5-1.5b-shaped"
     print(
         f"# {env['device']} | torch {env['torch']} | triton {env['triton']} | transformers {env['transformers']} | "
