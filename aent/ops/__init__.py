@@ -26,8 +26,12 @@ def triton_available() -> bool:
     return True
 
 
-def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
-    """Clamped entropy of a 2-D ``(rows, V)`` tensor with ``k`` removed tokens per row, by the fused kernels."""
+def clamped_entropy_triton(rows2d: torch.Tensor, k: int, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamped entropy of a 2-D ``(rows, V)`` tensor with ``k`` removed tokens per row, by the fused kernels.
+
+    ``row_mask``: optional 1-D bool tensor of shape ``(rows,)`` on the same device. Rows where it is False are never
+    read: their entropy is 0 and their gradient row is written as zeros. ``None`` computes every row.
+    """
     if not triton_available():
         raise RuntimeError(
             "impl='triton' needs Triton and aent's fused kernels (pip install 'aent[gpu]'); "
@@ -41,4 +45,4 @@ def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
             "or set TRITON_INTERPRET=1 before importing aent.ops.triton_entropy to run the kernels in Triton's "
             "interpreter on the CPU (slow; for testing)"
         )
-    return triton_entropy.clamped_entropy_rows(rows2d, k)
+    return triton_entropy.clamped_entropy_rows(rows2d, k, row_mask=row_mask)

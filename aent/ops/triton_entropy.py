@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -48,6 +49,7 @@ FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "2048"))
 FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
+CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "2048"))
 
 
 @triton.jit
@@ -99,12 +101,39 @@ def _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.con
 
 
 @triton.jit
+def _digit_histogram(
+    row_ptr,
+    n,
+    stride_col,
+    target,
+    SHIFT: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    COL_CONTIGUOUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One pass over the row: 256-bin histogram of key digit ``(key >> SHIFT) & 255`` among the elements whose
+    higher digits equal those of ``target``."""
+    offsets = tl.arange(0, BLOCK)
+    hist = tl.zeros([256], dtype=tl.int32)
+    prefix = target >> (SHIFT + 8)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
+        match = in_bounds & ((key >> (SHIFT + 8)) == prefix)
+        hist += tl.histogram((key >> SHIFT) & 255, 256, mask=match)
+    return hist
+
+
+@triton.jit
 def _clamped_entropy_forward_kernel(
     x_ptr,
     stride_row,
     stride_col,
     vocab,
     num_removed,
+    row_mask_ptr,
+    candidates_ptr,
     entropy_ptr,
     threshold_ptr,
     shift_ptr,
@@ -113,110 +142,136 @@ def _clamped_entropy_forward_kernel(
     IS_BF16: tl.constexpr,
     SELECT: tl.constexpr,
     COL_CONTIGUOUS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_ptr = x_ptr + row.to(tl.int64) * stride_row
     offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
     neg_inf = float("-inf")
+    n = vocab
+    if HAS_ROW_MASK:
+        n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
+
+    # Pass 1: row max, NaN/+inf flag and (with selection) the histogram of the key's top digit, read as unsigned.
+    lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
+    lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
+    hist = tl.zeros([256], dtype=tl.int32)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+        z = x.to(tl.float32)
+        lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
+        lane_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
+        if SELECT:
+            key = _sorted_key(x, KEY_BITS)
+            hist += tl.histogram(((key >> (KEY_BITS - 8)) & 255) ^ 128, 256, mask=in_bounds)
+    # The maximum is always kept (it is >= the threshold), so it is the softmax shift of the kept set.
+    row_max = tl.max(lane_max, 0)
+    invalid = tl.max(lane_invalid, 0) > 0
+    n = tl.where(invalid, 0, n)  # NaN/+inf: the entropy is NaN whatever the other passes find
 
     # Radix select: `target` collects the threshold's key digit by digit (lower digits still 0), `rank` is the
     # 0-based rank of the threshold among the elements that share the digits found so far.
     rank = num_removed
     target = 0
+    compact = False
     if SELECT:
-        for digit_pass in tl.static_range(KEY_BITS // 8 - 1):
-            SHIFT = KEY_BITS - 8 * (digit_pass + 1)
-            hist = tl.zeros([256], dtype=tl.int32)
-            for start in range(0, vocab, BLOCK):
-                cols = start + offsets
-                in_bounds = cols < vocab
-                key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
-                if digit_pass == 0:
-                    match = in_bounds
-                    digit = ((key >> SHIFT) & 255) ^ 128  # the top digit of the key read as unsigned
-                else:
-                    match = in_bounds & ((key >> (SHIFT + 8)) == (target >> (SHIFT + 8)))
-                    digit = (key >> SHIFT) & 255
-                num_match = tl.sum(match.to(tl.int32), 0)
-                if num_match > 0:
-                    # Unmatched elements are counted in bin 0 and taken out again: portable to Triton versions
-                    # whose histogram has no mask argument.
-                    hist += tl.histogram(tl.where(match, digit, 0), 256)
-                    hist -= tl.where(bins == 0, BLOCK - num_match, 0)
-            digit_found, rank = _select_digit(hist, rank)
-            if digit_pass == 0:
-                target = (digit_found - 128) << SHIFT
-            else:
-                target = target | (digit_found << SHIFT)
+        digit, rank = _select_digit(hist, rank)
+        target = (digit - 128) << (KEY_BITS - 8)
+        if KEY_BITS == 32:
+            hist = _digit_histogram(row_ptr, n, stride_col, target, 16, KEY_BITS, COL_CONTIGUOUS, BLOCK)
+            digit, rank = _select_digit(hist, rank)
+            target = target | (digit << 16)
+            # Elements sharing the threshold's top 16 bits: usually ~0.1-0.3% of a row. When they fit the per-row
+            # candidate buffer, the last pass copies them there and the select finishes on the copy; otherwise
+            # (heavy ties, quantised logits) one more digit pass over the row, then the last pass as for 16 bits.
+            compact = tl.sum(tl.where(bins == digit, hist, 0), 0) <= CANDIDATES
+            if not compact:
+                hist = _digit_histogram(row_ptr, n, stride_col, target, 8, KEY_BITS, COL_CONTIGUOUS, BLOCK)
+                digit, rank = _select_digit(hist, rank)
+                target = target | (digit << 8)
 
-    # Last pass: softmax statistics per lane (online max), plus the histogram of the last digit inside the bucket.
-    lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
-    lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max)
-    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max) * (z - lane_max)
-    lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)  # NaN or +inf seen
-    last_hist = tl.zeros([256], dtype=tl.int32)
-    bucket = target >> 8
-    for start in range(0, vocab, BLOCK):
-        cols = start + offsets
-        in_bounds = cols < vocab
-        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-        z = x.to(tl.float32)
-        lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
-        if SELECT:
-            key = _sorted_key(x, KEY_BITS)
-            key_bucket = key >> 8
+    # Last pass: sum of exp(z - max) and of exp(z - max) (z - max) over the elements certainly kept (above the
+    # threshold's bucket), one exponential each; the bucket itself is either copied to the candidate buffer or
+    # counted by its last digit.
+    lane_total = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
+    if compact:
+        candidates_row = candidates_ptr + row.to(tl.int64) * CANDIDATES
+        bucket = target >> 16
+        num_candidates = 0
+        for start in range(0, n, BLOCK):
+            cols = start + offsets
+            in_bounds = cols < n
+            x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+            z = x.to(tl.float32)
+            key_bucket = _sorted_key(x, KEY_BITS) >> 16
             take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
             in_bucket = in_bounds & (key_bucket == bucket)
-            num_in_bucket = tl.sum(in_bucket.to(tl.int32), 0)
-            if num_in_bucket > 0:
-                last_hist += tl.histogram(tl.where(in_bucket, key & 255, 0), 256)
-                last_hist -= tl.where(bins == 0, BLOCK - num_in_bucket, 0)
-        else:
-            take = in_bounds & (z > neg_inf)
-        new_max = tl.where(take, tl.maximum(lane_max, z), lane_max)
-        rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
-        shifted = tl.where(take, z - new_max, 0.0)
-        weight = tl.where(take, tl.exp(shifted), 0.0)
-        moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
-        lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
-        lane_total = rescale * lane_total + weight
-        lane_max = new_max
-
-    # Combine the lanes.
-    row_max = tl.max(lane_max, 0)
-    lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
-    total = tl.sum(lane_total * lane_scale, 0)
-    weighted = tl.sum(
-        tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
-    )
-
-    if SELECT:
-        last_digit, rank = _select_digit(last_hist, rank)
-        threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
-        # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
-        bin_values = _key_to_float(target | bins, KEY_BITS, IS_BF16)
-        use = (bins >= last_digit) & (last_hist > 0) & (bin_values > neg_inf)
-        bucket_max = tl.max(tl.where(use, bin_values, neg_inf), 0)
-        new_row_max = tl.maximum(row_max, bucket_max)
-        rescale_row = tl.where(total > 0, tl.exp(row_max - new_row_max), 0.0)
-        moved_row = tl.where(total > 0, total * (row_max - new_row_max), 0.0)
-        weighted = rescale_row * (weighted + moved_row)
-        total = rescale_row * total
-        bin_shifted = tl.where(use, bin_values - new_row_max, 0.0)
-        bin_weight = tl.where(use, last_hist.to(tl.float32) * tl.exp(bin_shifted), 0.0)
-        total += tl.sum(bin_weight, 0)
-        weighted += tl.sum(bin_weight * bin_shifted, 0)
-        row_max = new_row_max
+            position = num_candidates + tl.cumsum(in_bucket.to(tl.int32), 0) - 1
+            tl.store(candidates_row + position, z, mask=in_bucket)
+            num_candidates += tl.sum(in_bucket.to(tl.int32), 0)
+            shifted = tl.where(take, z - row_max, 0.0)
+            weight = tl.where(take, tl.exp(shifted), 0.0)
+            lane_total += weight
+            lane_weighted += weight * shifted
+        tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
+        slots = tl.arange(0, CANDIDATES)
+        filled = slots < num_candidates
+        cz = tl.load(candidates_row + slots, mask=filled, other=0.0, cache_modifier=".cg")
+        ckey = _sorted_key(cz, KEY_BITS)
+        digit, rank = _select_digit(tl.histogram((ckey >> 8) & 255, 256, mask=filled), rank)
+        target = target | (digit << 8)
+        same = filled & (((ckey >> 8) & 255) == digit)
+        digit, rank = _select_digit(tl.histogram(ckey & 255, 256, mask=same), rank)
+        target = target | digit
+        use = filled & (ckey >= target) & (cz > neg_inf)
+        shifted = tl.where(use, cz - row_max, 0.0)
+        weight = tl.where(use, tl.exp(shifted), 0.0)
+        total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
+        weighted = tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)
+        threshold = _key_to_float(target, KEY_BITS, IS_BF16)
     else:
-        threshold = neg_inf
+        last_hist = tl.zeros([256], dtype=tl.int32)
+        bucket = target >> 8
+        for start in range(0, n, BLOCK):
+            cols = start + offsets
+            in_bounds = cols < n
+            x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+            z = x.to(tl.float32)
+            if SELECT:
+                key = _sorted_key(x, KEY_BITS)
+                take = in_bounds & ((key >> 8) > bucket) & (z > neg_inf)
+                last_hist += tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
+            else:
+                take = in_bounds & (z > neg_inf)
+            shifted = tl.where(take, z - row_max, 0.0)
+            weight = tl.where(take, tl.exp(shifted), 0.0)
+            lane_total += weight
+            lane_weighted += weight * shifted
+        total = tl.sum(lane_total, 0)
+        weighted = tl.sum(lane_weighted, 0)
+        if SELECT:
+            # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
+            last_digit, rank = _select_digit(last_hist, rank)
+            threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
+            bin_values = _key_to_float(target | bins, KEY_BITS, IS_BF16)
+            use = (bins >= last_digit) & (last_hist > 0) & (bin_values > neg_inf)
+            bin_shifted = tl.where(use, bin_values - row_max, 0.0)
+            bin_weight = tl.where(use, last_hist.to(tl.float32) * tl.exp(bin_shifted), 0.0)
+            total += tl.sum(bin_weight, 0)
+            weighted += tl.sum(bin_weight * bin_shifted, 0)
+        else:
+            threshold = neg_inf
 
     valid = total > 0
     safe_total = tl.where(valid, total, 1.0)
     log_total = tl.log(safe_total)
     entropy = tl.where(valid, log_total - weighted / safe_total, 0.0)
-    invalid = tl.max(lane_invalid, 0) > 0
     entropy = tl.where(invalid, float("nan"), entropy)
     # NaN threshold: no element passes `z >= threshold`, so the backward writes zeros for this row.
     threshold = tl.where(invalid | (~valid), float("nan"), threshold)
@@ -236,24 +291,30 @@ def _clamped_entropy_backward_kernel(
     vocab,
     grad_out_ptr,
     grad_out_stride,
+    row_mask_ptr,
     entropy_ptr,
     threshold_ptr,
     shift_ptr,
     log_total_ptr,
     COL_CONTIGUOUS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = cols < vocab
+    read = in_bounds
+    if HAS_ROW_MASK:
+        # A skipped row: no column is read, zeros are written.
+        read = cols < tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)
     row64 = row.to(tl.int64)
-    z = _load_row_block(x_ptr + row64 * stride_row, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    z = _load_row_block(x_ptr + row64 * stride_row, cols, read, stride_col, COL_CONTIGUOUS).to(tl.float32)
     entropy = tl.load(entropy_ptr + row)
     threshold = tl.load(threshold_ptr + row)
     shift = tl.load(shift_ptr + row)
     log_total = tl.load(log_total_ptr + row)
     upstream = tl.load(grad_out_ptr + row64 * grad_out_stride).to(tl.float32)
-    kept = in_bounds & (z >= threshold) & (z > float("-inf"))
+    kept = read & (z >= threshold) & (z > float("-inf"))
     # (z - max) first: exact for nearby values, whereas max + log_total would round at the logits' magnitude.
     log_q = tl.where(kept, (z - shift) - log_total, 0.0)
     grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
@@ -287,76 +348,87 @@ def _on_device_of(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-def _row_statistics(rows2d: torch.Tensor, k: int, block: int, num_warps: int):
+def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     rows, vocab = rows2d.shape
     stats = torch.empty((4, rows), dtype=torch.float32, device=rows2d.device)
     entropy, threshold, shift, log_total = stats.unbind(0)
     if rows > 0:
+        key_bits = 32 if rows2d.dtype == torch.float32 else 16
+        # Per-row candidate buffer of the float32 select (4 B x candidates per row, ~1% of the fp32 logits at the
+        # default 2048 for V = 151,936); unused otherwise.
+        if key_bits == 32 and k > 0:
+            candidates = torch.empty((rows, config.candidates), dtype=torch.float32, device=rows2d.device)
+        else:
+            candidates = entropy
         with _on_device_of(rows2d):
-            _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total)
+            _clamped_entropy_forward_kernel[(rows,)](
+                rows2d,
+                rows2d.stride(0),
+                rows2d.stride(1),
+                vocab,
+                k,
+                entropy if row_mask is None else row_mask.view(torch.uint8),
+                candidates,
+                entropy,
+                threshold,
+                shift,
+                log_total,
+                KEY_BITS=key_bits,
+                IS_BF16=rows2d.dtype == torch.bfloat16,
+                SELECT=k > 0,
+                COL_CONTIGUOUS=rows2d.stride(1) == 1,
+                HAS_ROW_MASK=row_mask is not None,
+                BLOCK=config.forward_block,
+                CANDIDATES=config.candidates,
+                num_warps=config.forward_warps,
+            )
     return entropy, threshold, shift, log_total
 
 
-def _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total):
-    _clamped_entropy_forward_kernel[(rows2d.shape[0],)](
-        rows2d,
-        rows2d.stride(0),
-        rows2d.stride(1),
-        rows2d.shape[1],
-        k,
-        entropy,
-        threshold,
-        shift,
-        log_total,
-        KEY_BITS=32 if rows2d.dtype == torch.float32 else 16,
-        IS_BF16=rows2d.dtype == torch.bfloat16,
-        SELECT=k > 0,
-        COL_CONTIGUOUS=rows2d.stride(1) == 1,
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+class _Config(NamedTuple):
+    forward_block: int
+    forward_warps: int
+    backward_block: int
+    backward_warps: int
+    candidates: int
 
 
 class _FusedClampedEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows2d: torch.Tensor, k: int, config: tuple):
-        forward_block, forward_warps, backward_block, backward_warps = config
-        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, forward_block, forward_warps)
-        ctx.save_for_backward(rows2d, entropy, threshold, shift, log_total)
-        ctx.backward_config = (backward_block, backward_warps)
+    def forward(ctx, rows2d: torch.Tensor, k: int, row_mask, config: _Config):
+        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, row_mask, config)
+        ctx.save_for_backward(rows2d, row_mask, entropy, threshold, shift, log_total)
+        ctx.config = config
         return entropy
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        rows2d, entropy, threshold, shift, log_total = ctx.saved_tensors
+        rows2d, row_mask, entropy, threshold, shift, log_total = ctx.saved_tensors
         rows, vocab = rows2d.shape
         grad = torch.empty((rows, vocab), dtype=rows2d.dtype, device=rows2d.device)
         if rows > 0:
-            block, num_warps = ctx.backward_config
+            block = ctx.config.backward_block
             with _on_device_of(rows2d):
-                _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps)
-        return grad, None, None
-
-
-def _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps):
-    rows, vocab = rows2d.shape
-    _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
-        rows2d,
-        rows2d.stride(0),
-        rows2d.stride(1),
-        grad,
-        grad.stride(0),
-        vocab,
-        grad_out,
-        grad_out.stride(0),
-        entropy,
-        threshold,
-        shift,
-        log_total,
-        COL_CONTIGUOUS=rows2d.stride(1) == 1,
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+                _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
+                    rows2d,
+                    rows2d.stride(0),
+                    rows2d.stride(1),
+                    grad,
+                    grad.stride(0),
+                    vocab,
+                    grad_out,
+                    grad_out.stride(0),
+                    entropy if row_mask is None else row_mask.view(torch.uint8),
+                    entropy,
+                    threshold,
+                    shift,
+                    log_total,
+                    COL_CONTIGUOUS=rows2d.stride(1) == 1,
+                    HAS_ROW_MASK=row_mask is not None,
+                    BLOCK=block,
+                    num_warps=ctx.config.backward_warps,
+                )
+        return grad, None, None, None
 
 
 def clamped_entropy_rows(
@@ -367,6 +439,8 @@ def clamped_entropy_rows(
     backward_block: int | None = None,
     forward_warps: int | None = None,
     backward_warps: int | None = None,
+    candidates: int | None = None,
+    row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clamped entropy in nats of each row of a ``(rows, V)`` tensor with the ``k`` lowest logits removed.
 
@@ -381,22 +455,43 @@ def clamped_entropy_rows(
             :data:`FORWARD_BLOCK` and :data:`BACKWARD_BLOCK` (environment ``AENT_TRITON_FORWARD_BLOCK`` /
             ``AENT_TRITON_BACKWARD_BLOCK``).
         forward_warps, backward_warps: warps per program (powers of two); defaults from
-            ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else 8.
+            ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else :data:`FORWARD_WARPS` /
+            :data:`BACKWARD_WARPS`.
+        candidates: size of the float32 select's per-row candidate buffer (power of two >= 16); default
+            :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``). Rows whose threshold bucket holds more elements take
+            one more pass over the row instead.
+        row_mask: optional bool tensor of shape ``(rows,)`` on the logits' device; rows where it is False are never
+            read: their entropy is 0 and their gradient row is written as zeros.
     """
     _check_rows(rows2d, k)
-    config = (
+    config = _Config(
         forward_block or FORWARD_BLOCK,
         forward_warps or FORWARD_WARPS,
         backward_block or BACKWARD_BLOCK,
         backward_warps or BACKWARD_WARPS,
+        candidates or CANDIDATES,
     )
-    for name, value, low in zip(
-        ("forward_block", "forward_warps", "backward_block", "backward_warps"), config, (256, 1, 256, 1)
-    ):
+    for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16)):
         if value < low or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
-    if triton.cdiv(rows2d.shape[1], config[2]) > 65535:
+    if triton.cdiv(rows2d.shape[1], config.backward_block) > 65535:
         raise ValueError(
-            f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config[2]}; raise backward_block"
+            f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config.backward_block}; "
+            "raise backward_block"
         )
-    return _FusedClampedEntropy.apply(rows2d, int(k), config)
+    if row_mask is not None:
+        _check_row_mask(row_mask, rows2d)
+    return _FusedClampedEntropy.apply(rows2d, int(k), row_mask, config)
+
+
+def _check_row_mask(row_mask: torch.Tensor, rows2d: torch.Tensor) -> None:
+    if row_mask.dtype != torch.bool or row_mask.shape != (rows2d.shape[0],):
+        raise ValueError(
+            f"row_mask must be a bool tensor of shape (rows,) = ({rows2d.shape[0]},), got {row_mask.dtype} of shape "
+            f"{tuple(row_mask.shape)}; pass e.g. mask.reshape(-1).bool()"
+        )
+    if row_mask.device != rows2d.device:
+        raise ValueError(
+            f"row_mask is on {row_mask.device} but the logits are on {rows2d.device}; move it with "
+            "row_mask.to(logits.device)"
+        )
