@@ -253,9 +253,12 @@ def test_row_mask_all_false_and_errors(kernels):
 
 @pytest.mark.parametrize("dtype", [torch.float32], ids=["fp32"])
 @pytest.mark.parametrize("clamp_p", [0.25, 0.33, 0.9])
-def test_candidate_buffer_fallback(kernels, dtype, clamp_p):
+@pytest.mark.parametrize("candidates, depth", [(16, 4), (2048, 1)], ids=["bucket-over-16", "lane-over-1-slot"])
+def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
     """float32 rows whose threshold bucket (top 16 key bits) does not fit the candidate buffer take one more digit
-    pass; a 16-slot buffer forces that for tie-heavy rows and keeps the buffer path for the others, in one launch."""
+    pass: decided before the pass when the bucket holds more than ``candidates`` elements, after it when one lane
+    of the block met more than ``depth``. Small limits force both for the tie-heavy and dense rows and keep the
+    buffer path for the others, in one launch."""
     gen = torch.Generator().manual_seed(9)
     quantised = (torch.randint(-6, 6, (2, 1001), generator=gen).float() / 4).to(dtype)  # ~80 ties per value
     # 600 values in [1, 1 + 2^-7), i.e. one 16-bit bucket, that differ (with repeats) in both lower key digits.
@@ -269,7 +272,9 @@ def test_candidate_buffer_fallback(kernels, dtype, clamp_p):
     k = aent.num_removed(1001, clamp_p)
     x = logits.clone().requires_grad_()
     with interpreter_mode():
-        ent = kernels.clamped_entropy_rows(x, k, forward_block=BLOCK, backward_block=BLOCK, candidates=16)
+        ent = kernels.clamped_entropy_rows(
+            x, k, forward_block=BLOCK, backward_block=BLOCK, candidates=candidates, candidate_depth=depth
+        )
         ent.backward(grad_out)
     ref_ent, ref_grad = _reference(logits, clamp_p, grad_out)
     torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
@@ -296,11 +301,16 @@ def test_argument_errors(kernels):
         kernels.clamped_entropy_rows(torch.randn(2, 8), 2, forward_block=300)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("vocab", [VOCAB_FULL, 262_144], ids=["V151936", "V262144"])
+@pytest.mark.parametrize(
+    "dtype, vocab",
+    [(torch.float32, VOCAB_FULL), (torch.bfloat16, VOCAB_FULL), (torch.float32, 262_144)],
+    ids=["fp32-V151936", "bf16-V151936", "fp32-V262144"],
+)
 def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     """Real vocabulary sizes with the default block shapes (the ones a GPU runs), in the interpreter: many blocks
-    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row."""
+    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row. In float32 the first row
+    finishes its select on the candidate buffer and the tie-heavy row (thousands of equal logits in the threshold's
+    bucket) takes the fallback pass."""
     gen = torch.Generator().manual_seed(vocab)
     # A narrow spread keeps every kept token's probability (and gradient) far from underflow, so that the exact
     # kept set can be read off the gradient's non-zero pattern.

@@ -9,6 +9,8 @@ import torch
 
 #: Input dtypes the fused kernels handle (others, e.g. float64, go to the ``"torch"`` path under ``impl="auto"``).
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Oldest Triton the fused kernels compile with (``tl.histogram(..., mask=)``).
+MIN_TRITON = (3, 4)
 
 
 @functools.cache
@@ -18,6 +20,13 @@ def triton_available() -> bool:
     The first call imports Triton (only ``impl="auto"`` on CUDA and ``impl="triton"`` call it); the answer is cached.
     """
     if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton
+
+        if tuple(int(part) for part in triton.__version__.split(".")[:2]) < MIN_TRITON:
+            return False  # no mask argument on tl.histogram
+    except Exception:
         return False
     try:
         import aent.ops.triton_entropy  # noqa: F401
@@ -34,7 +43,7 @@ def clamped_entropy_triton(rows2d: torch.Tensor, k: int, row_mask: torch.Tensor 
     """
     if not triton_available():
         raise RuntimeError(
-            "impl='triton' needs Triton and aent's fused kernels (pip install 'aent[gpu]'); "
+            "impl='triton' needs Triton >= 3.4 and aent's fused kernels (pip install 'aent[gpu]'); "
             "use impl='torch' to run without them"
         )
     from aent.ops import triton_entropy

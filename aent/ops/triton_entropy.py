@@ -4,14 +4,27 @@ Two launches per forward + backward, and only four float32 numbers per row kept 
 
 Forward (one program per row)
     Exact per-row threshold by radix select on an order-preserving integer key of the logits' bits, with 8-bit
-    digits: ``KEY_BITS / 8`` passes over the row (4 for float32, 2 for bfloat16/float16), each one a 256-bin
-    histogram of the next digit among the elements whose higher digits match the threshold found so far. The last
-    pass also accumulates the softmax statistics (running max, sum of exponentials, sum of ``q * (z - max)``) of
-    every element strictly above the threshold's bucket; the elements inside that bucket differ only in the last
-    digit, so their values are known from the bin index and their contribution is added from the histogram counts
-    once the last digit of the threshold is known. A row with ``k = 0`` skips the selection: one pass.
+    digits, each a 256-bin ``tl.histogram`` (with its ``mask``) of the next digit among the elements whose higher
+    digits match the threshold found so far.
+
+    * Pass 1 reads the row once for its maximum (the softmax shift: the maximum is always kept), the NaN/+inf flag
+      and the top digit's histogram.
+    * float32, pass 2: the second digit. The threshold's 16-bit bucket then holds ~0.1-0.3% of a typical row.
+      Pass 3 sums ``exp(z - max)`` and ``exp(z - max) (z - max)`` over the elements above that bucket (one
+      exponential each) and copies the bucket's elements to a per-row candidate buffer, each lane of the block to
+      its own slots (no communication between threads); the last two digits are selected on the copy. Three passes.
+      Fallback, decided per row: when the bucket holds more than ``CANDIDATES`` elements (known from pass 2's
+      histogram: heavy ties, quantised logits) or one lane met more than ``CANDIDATE_DEPTH``, a third digit pass
+      and then the last pass below (four or five passes, exact either way).
+    * bfloat16/float16 (16-bit keys), and float32 after the fallback: the last pass sums the softmax terms of the
+      elements above the threshold's 8-bit-wide bucket and histograms the last digit inside it; those elements'
+      values are known from the bin index, so their contribution is added from the counts. Two passes for 16-bit
+      keys.
+    * A row with ``k = 0`` skips the selection: two passes (max, then the sums).
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
+
+Rows where the optional ``row_mask`` is False are not read by either kernel: entropy 0, gradient row 0.
 
 Key mapping: the float's bits ``b`` read as a signed integer, and ``b ^ 0x7FF..F`` for negative ``b`` (flip the
 magnitude bits), orders exactly like the floats, with ``-inf`` below every finite value. ``-0.0`` is mapped to
@@ -42,14 +55,19 @@ __all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWAR
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees; for
-# sm_90 the forward kernel needs ~80 registers per thread at 2048 x 8 warps (3 programs per multiprocessor) and
-# ~180 at 4096 x 8 (1 program). Overridable for tuning without code changes (scripts/bench_entropy.py --fused-configs).
+# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees.
+# Registers, spills and programs per multiprocessor depend on the Triton version and the target: scripts/kernel_cost.py
+# compiles the kernels and writes them to benchmarks/kernel_cost.csv (docs/PERFORMANCE.md has the table). Overridable
+# for tuning without code changes (scripts/bench_entropy.py --fused-configs).
 FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "2048"))
 FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
+# float32 select: rows whose threshold bucket (top 16 key bits) holds at most CANDIDATES elements finish the select on
+# a per-row buffer of CANDIDATE_DEPTH x FORWARD_BLOCK float32 slots (32 KB per row at the defaults: 5% of the fp32
+# logits at V = 151,936, freed before the backward allocates the gradient).
 CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "2048"))
+CANDIDATE_DEPTH = int(os.environ.get("AENT_TRITON_CANDIDATE_DEPTH", "4"))
 
 
 @triton.jit
@@ -126,6 +144,63 @@ def _digit_histogram(
 
 
 @triton.jit
+def _softmax_and_candidates(
+    row_ptr,
+    n,
+    stride_col,
+    buffer_ptr,
+    target,
+    rank,
+    row_max,
+    COL_CONTIGUOUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DEPTH: tl.constexpr,
+):
+    """float32 keys whose top 16 bits (``target >> 16``) are known. One pass over the row: softmax sums of the
+    elements above that bucket, and the bucket's elements copied to ``buffer_ptr`` (lane ``j`` of the block writes
+    its ``i``-th one to slot ``i * BLOCK + j``). Then the last two digits are selected on the copy and its kept
+    elements added. Returns (sum of weights, sum of weight x shifted value, threshold, whether it all fit)."""
+    offsets = tl.arange(0, BLOCK)
+    neg_inf = float("-inf")
+    bucket = target >> 16
+    lane_total = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_count = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+        z = x.to(tl.float32)
+        key_bucket = _sorted_key(x, 32) >> 16
+        take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
+        in_bucket = in_bounds & (key_bucket == bucket)
+        tl.store(buffer_ptr + lane_count * BLOCK + offsets, z, mask=in_bucket & (lane_count < DEPTH))
+        lane_count += in_bucket.to(tl.int32)
+        shifted = tl.where(take, z - row_max, 0.0)
+        weight = tl.where(take, tl.exp(shifted), 0.0)
+        lane_total += weight
+        lane_weighted += weight * shifted
+    fits = tl.max(lane_count, 0) <= DEPTH
+    tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
+    slots = tl.arange(0, DEPTH * BLOCK)
+    lane_filled = lane_count * fits.to(tl.int32)  # nothing is read back when a lane overflowed
+    filled = (slots // BLOCK) < tl.reshape(tl.broadcast_to(lane_filled[None, :], (DEPTH, BLOCK)), (DEPTH * BLOCK,))
+    cz = tl.load(buffer_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")
+    ckey = _sorted_key(cz, 32)
+    digit, rank = _select_digit(tl.histogram((ckey >> 8) & 255, 256, mask=filled), rank)
+    target = target | (digit << 8)
+    same = filled & (((ckey >> 8) & 255) == digit)
+    digit, rank = _select_digit(tl.histogram(ckey & 255, 256, mask=same), rank)
+    target = target | digit
+    kept = filled & (ckey >= target) & (cz > neg_inf)
+    shifted = tl.where(kept, cz - row_max, 0.0)
+    weight = tl.where(kept, tl.exp(shifted), 0.0)
+    total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
+    weighted = tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)
+    return total, weighted, _key_to_float(target, 32, False), fits
+
+
+@triton.jit
 def _clamped_entropy_forward_kernel(
     x_ptr,
     stride_row,
@@ -145,6 +220,7 @@ def _clamped_entropy_forward_kernel(
     HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
     CANDIDATES: tl.constexpr,
+    CANDIDATE_DEPTH: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_ptr = x_ptr + row.to(tl.int64) * stride_row
@@ -178,7 +254,10 @@ def _clamped_entropy_forward_kernel(
     # 0-based rank of the threshold among the elements that share the digits found so far.
     rank = num_removed
     target = 0
-    compact = False
+    done = num_removed < 0  # a False scalar: set once the float32 select finished on the candidate buffer
+    total = tl.zeros([BLOCK], dtype=tl.float32).sum(0)
+    weighted = total
+    threshold = total
     if SELECT:
         digit, rank = _select_digit(hist, rank)
         target = (digit - 128) << (KEY_BITS - 8)
@@ -186,56 +265,35 @@ def _clamped_entropy_forward_kernel(
             hist = _digit_histogram(row_ptr, n, stride_col, target, 16, KEY_BITS, COL_CONTIGUOUS, BLOCK)
             digit, rank = _select_digit(hist, rank)
             target = target | (digit << 16)
-            # Elements sharing the threshold's top 16 bits: usually ~0.1-0.3% of a row. When they fit the per-row
-            # candidate buffer, the last pass copies them there and the select finishes on the copy; otherwise
-            # (heavy ties, quantised logits) one more digit pass over the row, then the last pass as for 16 bits.
-            compact = tl.sum(tl.where(bins == digit, hist, 0), 0) <= CANDIDATES
-            if not compact:
+            # The elements that share the threshold's top 16 bits are usually ~0.1-0.3% of a row. When they are
+            # few, the next pass copies them to a per-row buffer (each lane of the block to its own column of
+            # CANDIDATE_DEPTH slots: no communication between threads) and the select finishes there. Otherwise
+            # (heavy ties, quantised logits, or one lane with too many), one more digit pass over the row, then the
+            # last pass as for 16-bit keys.
+            if tl.sum(tl.where(bins == digit, hist, 0), 0) <= CANDIDATES:
+                total, weighted, threshold, done = _softmax_and_candidates(
+                    row_ptr,
+                    n,
+                    stride_col,
+                    candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * BLOCK),
+                    target,
+                    rank,
+                    row_max,
+                    COL_CONTIGUOUS,
+                    BLOCK,
+                    CANDIDATE_DEPTH,
+                )
+            if not done:
                 hist = _digit_histogram(row_ptr, n, stride_col, target, 8, KEY_BITS, COL_CONTIGUOUS, BLOCK)
                 digit, rank = _select_digit(hist, rank)
                 target = target | (digit << 8)
 
-    # Last pass: sum of exp(z - max) and of exp(z - max) (z - max) over the elements certainly kept (above the
-    # threshold's bucket), one exponential each; the bucket itself is either copied to the candidate buffer or
-    # counted by its last digit.
-    lane_total = tl.zeros([BLOCK], dtype=tl.float32)
-    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
-    if compact:
-        candidates_row = candidates_ptr + row.to(tl.int64) * CANDIDATES
-        bucket = target >> 16
-        num_candidates = 0
-        for start in range(0, n, BLOCK):
-            cols = start + offsets
-            in_bounds = cols < n
-            x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-            z = x.to(tl.float32)
-            key_bucket = _sorted_key(x, KEY_BITS) >> 16
-            take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
-            in_bucket = in_bounds & (key_bucket == bucket)
-            position = num_candidates + tl.cumsum(in_bucket.to(tl.int32), 0) - 1
-            tl.store(candidates_row + position, z, mask=in_bucket)
-            num_candidates += tl.sum(in_bucket.to(tl.int32), 0)
-            shifted = tl.where(take, z - row_max, 0.0)
-            weight = tl.where(take, tl.exp(shifted), 0.0)
-            lane_total += weight
-            lane_weighted += weight * shifted
-        tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
-        slots = tl.arange(0, CANDIDATES)
-        filled = slots < num_candidates
-        cz = tl.load(candidates_row + slots, mask=filled, other=0.0, cache_modifier=".cg")
-        ckey = _sorted_key(cz, KEY_BITS)
-        digit, rank = _select_digit(tl.histogram((ckey >> 8) & 255, 256, mask=filled), rank)
-        target = target | (digit << 8)
-        same = filled & (((ckey >> 8) & 255) == digit)
-        digit, rank = _select_digit(tl.histogram(ckey & 255, 256, mask=same), rank)
-        target = target | digit
-        use = filled & (ckey >= target) & (cz > neg_inf)
-        shifted = tl.where(use, cz - row_max, 0.0)
-        weight = tl.where(use, tl.exp(shifted), 0.0)
-        total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
-        weighted = tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)
-        threshold = _key_to_float(target, KEY_BITS, IS_BF16)
-    else:
+    # Last pass (unless the candidate buffer finished the select): sums of exp(z - max) and exp(z - max) (z - max)
+    # over the elements certainly kept (above the threshold's 8-bit-wide bucket), one exponential each, and the
+    # histogram of the last digit inside the bucket, whose elements' values are known from their bin.
+    if not done:
+        lane_total = tl.zeros([BLOCK], dtype=tl.float32)
+        lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
         last_hist = tl.zeros([256], dtype=tl.int32)
         bucket = target >> 8
         for start in range(0, n, BLOCK):
@@ -266,7 +324,7 @@ def _clamped_entropy_forward_kernel(
             total += tl.sum(bin_weight, 0)
             weighted += tl.sum(bin_weight * bin_shifted, 0)
         else:
-            threshold = neg_inf
+            threshold = total * 0.0 + neg_inf
 
     valid = total > 0
     safe_total = tl.where(valid, total, 1.0)
@@ -354,10 +412,11 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     entropy, threshold, shift, log_total = stats.unbind(0)
     if rows > 0:
         key_bits = 32 if rows2d.dtype == torch.float32 else 16
-        # Per-row candidate buffer of the float32 select (4 B x candidates per row, ~1% of the fp32 logits at the
-        # default 2048 for V = 151,936); unused otherwise.
+        # Per-row candidate buffer of the float32 select; unused otherwise.
         if key_bits == 32 and k > 0:
-            candidates = torch.empty((rows, config.candidates), dtype=torch.float32, device=rows2d.device)
+            candidates = torch.empty(
+                (rows, config.candidate_depth * config.forward_block), dtype=torch.float32, device=rows2d.device
+            )
         else:
             candidates = entropy
         with _on_device_of(rows2d):
@@ -380,6 +439,7 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
                 HAS_ROW_MASK=row_mask is not None,
                 BLOCK=config.forward_block,
                 CANDIDATES=config.candidates,
+                CANDIDATE_DEPTH=config.candidate_depth,
                 num_warps=config.forward_warps,
             )
     return entropy, threshold, shift, log_total
@@ -391,6 +451,7 @@ class _Config(NamedTuple):
     backward_block: int
     backward_warps: int
     candidates: int
+    candidate_depth: int
 
 
 class _FusedClampedEntropy(torch.autograd.Function):
@@ -440,6 +501,7 @@ def clamped_entropy_rows(
     forward_warps: int | None = None,
     backward_warps: int | None = None,
     candidates: int | None = None,
+    candidate_depth: int | None = None,
     row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clamped entropy in nats of each row of a ``(rows, V)`` tensor with the ``k`` lowest logits removed.
@@ -460,6 +522,9 @@ def clamped_entropy_rows(
         candidates: size of the float32 select's per-row candidate buffer (power of two >= 16); default
             :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``). Rows whose threshold bucket holds more elements take
             one more pass over the row instead.
+        candidate_depth: slots per lane of the candidate buffer (power of two); default :data:`CANDIDATE_DEPTH`
+            (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane of the block meets more candidates than that
+            takes the extra pass as well.
         row_mask: optional bool tensor of shape ``(rows,)`` on the logits' device; rows where it is False are never
             read: their entropy is 0 and their gradient row is written as zeros.
     """
@@ -470,8 +535,9 @@ def clamped_entropy_rows(
         backward_block or BACKWARD_BLOCK,
         backward_warps or BACKWARD_WARPS,
         candidates or CANDIDATES,
+        candidate_depth or CANDIDATE_DEPTH,
     )
-    for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16)):
+    for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16, 1)):
         if value < low or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
     if triton.cdiv(rows2d.shape[1], config.backward_block) > 65535:
