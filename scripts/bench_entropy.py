@@ -401,13 +401,16 @@ def run_verify(args) -> int:
                     from aent.ops.triton_entropy import clamped_entropy_rows
 
                     fb, fb_grad = _forward_backward(
-                        lambda x, p: clamped_entropy_rows(x, k, candidates=16), rows2d, clamp_p, grad_out
+                        lambda x, p, k=k: clamped_entropy_rows(x, k, candidates=16), rows2d, clamp_p, grad_out
                     )
                     ok &= torch.allclose(fb, ref, rtol=1e-4, atol=1e-4)
                     ok &= torch.allclose(fb_grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
                     mask = torch.arange(rows, device="cuda") % 2 == 0
                     rm, rm_grad = _forward_backward(
-                        lambda x, p: aent.ops.clamped_entropy_triton(x, k, row_mask=mask), rows2d, clamp_p, grad_out
+                        lambda x, p, k=k, m=mask: aent.ops.clamped_entropy_triton(x, k, row_mask=m),
+                        rows2d,
+                        clamp_p,
+                        grad_out,
                     )
                     ok &= torch.allclose(rm[mask], ref[mask], rtol=1e-4, atol=1e-4)
                     ok &= torch.allclose(rm_grad[mask].float(), ref_grad[mask].float(), rtol=rtol, atol=atol)
