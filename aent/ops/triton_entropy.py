@@ -20,7 +20,7 @@ Forward (one program per row)
       elements above the threshold's 8-bit-wide bucket and histograms the last digit inside it; those elements'
       values are known from the bin index, so their contribution is added from the counts. Two passes for 16-bit
       keys.
-    * A row with ``k = 0`` skips the selection: two passes (max, then the sums).
+    * A row with ``k = 0`` skips the selection: one pass (online max for the softmax sums).
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
 
@@ -232,8 +232,11 @@ def _clamped_entropy_forward_kernel(
         n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
 
     # Pass 1: row max, NaN/+inf flag and (with selection) the histogram of the key's top digit, read as unsigned.
+    # Without selection (k = 0) it is the only pass: the softmax sums are kept per lane with an online max.
     lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
     lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
+    lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max)
+    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max) (z - lane_max)
     hist = tl.zeros([256], dtype=tl.int32)
     for start in range(0, n, BLOCK):
         cols = start + offsets
@@ -241,10 +244,19 @@ def _clamped_entropy_forward_kernel(
         x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
         z = x.to(tl.float32)
         lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
-        lane_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
+        new_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
         if SELECT:
             key = _sorted_key(x, KEY_BITS)
             hist += tl.histogram(((key >> (KEY_BITS - 8)) & 255) ^ 128, 256, mask=in_bounds)
+        else:
+            take = in_bounds & (z > neg_inf)
+            rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
+            shifted = tl.where(take, z - new_max, 0.0)
+            weight = tl.where(take, tl.exp(shifted), 0.0)
+            moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
+            lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
+            lane_total = rescale * lane_total + weight
+        lane_max = new_max
     # The maximum is always kept (it is >= the threshold), so it is the softmax shift of the kept set.
     row_max = tl.max(lane_max, 0)
     invalid = tl.max(lane_invalid, 0) > 0
@@ -291,7 +303,14 @@ def _clamped_entropy_forward_kernel(
     # Last pass (unless the candidate buffer finished the select): sums of exp(z - max) and exp(z - max) (z - max)
     # over the elements certainly kept (above the threshold's 8-bit-wide bucket), one exponential each, and the
     # histogram of the last digit inside the bucket, whose elements' values are known from their bin.
-    if not done:
+    if not SELECT:
+        lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
+        total = tl.sum(lane_total * lane_scale, 0)
+        weighted = tl.sum(
+            tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
+        )
+        threshold = total * 0.0 + neg_inf
+    elif not done:
         lane_total = tl.zeros([BLOCK], dtype=tl.float32)
         lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
         last_hist = tl.zeros([256], dtype=tl.int32)
@@ -301,30 +320,24 @@ def _clamped_entropy_forward_kernel(
             in_bounds = cols < n
             x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
             z = x.to(tl.float32)
-            if SELECT:
-                key = _sorted_key(x, KEY_BITS)
-                take = in_bounds & ((key >> 8) > bucket) & (z > neg_inf)
-                last_hist += tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
-            else:
-                take = in_bounds & (z > neg_inf)
+            key = _sorted_key(x, KEY_BITS)
+            take = in_bounds & ((key >> 8) > bucket) & (z > neg_inf)
+            last_hist += tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
             shifted = tl.where(take, z - row_max, 0.0)
             weight = tl.where(take, tl.exp(shifted), 0.0)
             lane_total += weight
             lane_weighted += weight * shifted
         total = tl.sum(lane_total, 0)
         weighted = tl.sum(lane_weighted, 0)
-        if SELECT:
-            # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
-            last_digit, rank = _select_digit(last_hist, rank)
-            threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
-            bin_values = _key_to_float(target | bins, KEY_BITS, IS_BF16)
-            use = (bins >= last_digit) & (last_hist > 0) & (bin_values > neg_inf)
-            bin_shifted = tl.where(use, bin_values - row_max, 0.0)
-            bin_weight = tl.where(use, last_hist.to(tl.float32) * tl.exp(bin_shifted), 0.0)
-            total += tl.sum(bin_weight, 0)
-            weighted += tl.sum(bin_weight * bin_shifted, 0)
-        else:
-            threshold = total * 0.0 + neg_inf
+        # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
+        last_digit, rank = _select_digit(last_hist, rank)
+        threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
+        bin_values = _key_to_float(target | bins, KEY_BITS, IS_BF16)
+        use = (bins >= last_digit) & (last_hist > 0) & (bin_values > neg_inf)
+        bin_shifted = tl.where(use, bin_values - row_max, 0.0)
+        bin_weight = tl.where(use, last_hist.to(tl.float32) * tl.exp(bin_shifted), 0.0)
+        total += tl.sum(bin_weight, 0)
+        weighted += tl.sum(bin_weight * bin_shifted, 0)
 
     valid = total > 0
     safe_total = tl.where(valid, total, 1.0)
