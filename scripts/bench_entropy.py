@@ -10,8 +10,11 @@ Variants, all timed in one process on one device (see docs/PERFORMANCE.md and PE
 ``kthvalue``     clamped entropy, threshold by ``torch.kthvalue`` on the device, eager masked entropy with autograd.
 ``aent_torch``   ``aent.clamped_entropy(impl="torch")``: chunked torch path with a hand-written backward.
 ``aent_fused``   ``aent.clamped_entropy(impl="triton")``: the fused Triton kernels (CUDA only).
+``aent_fused[fallback]``   the same with every float32 row forced onto the select's extra digit pass.
+``aent_fused[row_mask 1/2]``  the same with every other row skipped by ``row_mask`` (not read; half the work).
 
-Each variant is first checked against ``aent_torch`` on the first rows of the same logits (entropy and gradient);
+Each variant is first checked against ``aent_torch`` (which also compiles it: compilation and warm-up stay outside
+the timed region) on the first rows of the same logits (entropy and gradient);
 then timed (CUDA events around forward + backward, after warm-up; min and median) with its peak extra memory
 (``max_memory_allocated`` minus what was allocated before; the gradient of the logits is included). Results are
 printed as a table and appended to ``benchmarks/entropy.csv`` with device, versions and date. Ratios are against
@@ -126,6 +129,21 @@ def make_variants(device: str, fused_configs: List[str]) -> Dict[str, Callable]:
     }
     if device == "cuda":
         variants["aent_fused"] = lambda x, p: aent.clamped_entropy(x, p, impl="triton")
+
+        def fused_fallback(x, p):
+            """Every float32 row forced onto the extra digit pass (a 16-element candidate limit)."""
+            from aent.ops.triton_entropy import clamped_entropy_rows
+
+            return clamped_entropy_rows(x.reshape(-1, x.shape[-1]), aent.num_removed(x.shape[-1], p), candidates=16)
+
+        def fused_half_rows(x, p):
+            """Every other row skipped by row_mask (as the verl loss skips prompt rows)."""
+            rows2d = x.reshape(-1, x.shape[-1])
+            mask = torch.arange(rows2d.shape[0], device=x.device) % 2 == 0
+            return aent.ops.clamped_entropy_triton(rows2d, aent.num_removed(x.shape[-1], p), row_mask=mask)
+
+        variants["aent_fused[fallback]"] = fused_fallback
+        variants["aent_fused[row_mask 1/2]"] = fused_half_rows
         for config in fused_configs:
             block, warps = (int(v) for v in config.lower().split("x"))
 
@@ -163,6 +181,11 @@ def check_against_torch_path(fn, name: str, logits: torch.Tensor, clamp_p: float
     p_ref = 0.0 if name == "full_verl" else clamp_p
     ent, grad = _forward_backward(fn, sample, clamp_p, grad_out)
     ref, ref_grad = _forward_backward(lambda x, p: aent.clamped_entropy(x, p, impl="torch"), sample, p_ref, grad_out)
+    if "row_mask" in name:  # skipped rows: entropy 0 and zero gradient; the others as usual
+        skipped = torch.arange(sample.shape[0], device=sample.device) % 2 == 1
+        if ent[skipped].any() or grad[skipped].any():
+            return "MISMATCH (a skipped row has a non-zero entropy or gradient)"
+        ref, ref_grad = ref.masked_fill(skipped, 0.0), ref_grad.masked_fill(skipped[:, None], 0.0)
     ent_err = (ent.float() - ref).abs().max().item() / max(ref.abs().max().item(), 1.0)
     grad_err = (grad.float() - ref_grad.float()).abs().max().item() / max(ref_grad.float().abs().max().item(), 1e-12)
     # verl's formula runs in the input dtype (bf16 softmax); the rest compute in float32. cpu_mask breaks ties at the
@@ -372,6 +395,27 @@ def run_verify(args) -> int:
                     grad64 = (grad.cpu().double() - x64.grad).abs().max().item()
                     ok &= torch.allclose(ent.cpu().double(), r64.detach(), rtol=1e-4, atol=1e-4)
                     ok &= torch.allclose(grad.cpu().double(), x64.grad, rtol=rtol, atol=atol)
+                if rows >= 3 and clamp_p > 0:
+                    # The fallback path (every row) and row skipping, against the same torch-path results.
+                    rows2d, k = logits, aent.num_removed(args.vocab, clamp_p)
+                    from aent.ops.triton_entropy import clamped_entropy_rows
+
+                    fb, fb_grad = _forward_backward(
+                        lambda x, p, k=k: clamped_entropy_rows(x, k, candidates=16), rows2d, clamp_p, grad_out
+                    )
+                    ok &= torch.allclose(fb, ref, rtol=1e-4, atol=1e-4)
+                    ok &= torch.allclose(fb_grad.float(), ref_grad.float(), rtol=rtol, atol=atol)
+                    mask = torch.arange(rows, device="cuda") % 2 == 0
+                    rm, rm_grad = _forward_backward(
+                        lambda x, p, k=k, m=mask: aent.ops.clamped_entropy_triton(x, k, row_mask=m),
+                        rows2d,
+                        clamp_p,
+                        grad_out,
+                    )
+                    ok &= torch.allclose(rm[mask], ref[mask], rtol=1e-4, atol=1e-4)
+                    ok &= torch.allclose(rm_grad[mask].float(), ref_grad[mask].float(), rtol=rtol, atol=atol)
+                    ok &= not rm[~mask].any() and not rm_grad[~mask].any()
+                    del fb, fb_grad, rm, rm_grad
                 failures += not ok
                 print(
                     f"{dtype_name:5}  {rows:4}  {clamp_p:<4}  {ent_err:12.2e}  {grad_err:13.2e}  {ent64:10.2e}  "

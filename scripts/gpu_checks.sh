@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script a GPU session runs (one H100 or H200): full-size correctness of the fused kernels, then the entropy
-# benchmark, then the training-step benchmark. Every stage runs under its own time limit (120 + 210 + 120 s at most,
+# benchmark, then the training-step benchmark. Every stage runs under its own time limit (120 + 30 + 180 + 120 s at most,
 # so the whole script fits one 480-s device call with time left for a rerun in a 15-minute budget) and a failing
 # stage does not stop the next one; the exit status is non-zero if any stage failed.
 #
@@ -60,8 +60,11 @@ EOF
         fi
     fi
 
-    # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows).
-    stage "verify (fp32/bf16, T in 1 3 4097, V 151936)" 120 "$PY" scripts/bench_entropy.py --verify
+    # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows), including the
+    #    select's fallback pass forced on every row and row skipping (row_mask); then the registers and spills the
+    #    driver reports for the compiled kernels, against the compiled-code figures of scripts/kernel_cost.py.
+    stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask)" 120 "$PY" scripts/bench_entropy.py --verify
+    stage "kernel registers on the device" 30 "$PY" scripts/kernel_cost.py --on-device
     if [ "${AENT_GPU_PYTEST:-0}" = 1 ]; then
         if "$PY" -c "import pytest" 2>/dev/null; then
             stage "pytest -m gpu tests/test_triton_entropy.py" 90 \
@@ -71,8 +74,9 @@ EOF
         fi
     fi
 
-    # 2. Entropy benchmark (T 4096 and 16384, fp32 and bf16, p 0.33), with two other forward block shapes.
-    stage "bench_entropy" 210 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
+    # 2. Entropy benchmark (T 4096 and 16384, fp32 and bf16, p 0.33): every variant, the fused kernels also with
+    #    the fallback forced and with half the rows skipped, and two other forward block shapes.
+    stage "bench_entropy" 180 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
 
     # 3. Step overhead on a Qwen2.5-1.5B-shaped model, 4 x 1024 tokens.
     if "$PY" -c "import transformers" 2>/dev/null; then

@@ -212,6 +212,76 @@ def test_nan_and_inf_rows_are_nan_with_zero_gradient(kernels):
     torch.testing.assert_close(ent[[0, 3]].double(), ref_ent, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("clamp_p", [0.0, 0.33])
+def test_row_mask_skips_rows_without_reading_them(kernels, dtype, clamp_p):
+    """Masked rows are filled with NaN: entropy 0 and a zero gradient row show that no pass read them. Unmasked rows
+    match the float64 reference, values and gradients."""
+    gen = torch.Generator().manual_seed(8)
+    logits = (torch.randn(6, 1001, generator=gen) * 3).to(dtype)
+    logits[4, ::5] = float("-inf")
+    row_mask = torch.tensor([True, False, True, False, True, False])
+    logits[~row_mask] = float("nan")
+    grad_out = torch.randn(6, generator=gen)
+    x = logits.clone().requires_grad_()
+    k = aent.num_removed(1001, clamp_p)
+    with interpreter_mode():
+        ent = kernels.clamped_entropy_rows(x, k, forward_block=BLOCK, backward_block=BLOCK, row_mask=row_mask)
+        ent.backward(grad_out)
+    assert torch.equal(ent[~row_mask], torch.zeros(3))
+    assert torch.equal(x.grad[~row_mask], torch.zeros(3, 1001, dtype=dtype))
+    ref_ent, ref_grad = _reference(logits[row_mask], clamp_p, grad_out[row_mask])
+    torch.testing.assert_close(ent[row_mask].double(), ref_ent, rtol=2e-5, atol=2e-5)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(x.grad[row_mask].double(), ref_grad, rtol=rtol, atol=atol)
+    # The same rows without a mask give the same results, bit for bit.
+    unmasked, unmasked_grad = _fused(kernels, logits[row_mask], clamp_p, grad_out[row_mask])
+    assert torch.equal(ent[row_mask], unmasked) and torch.equal(x.grad[row_mask], unmasked_grad)
+
+
+def test_row_mask_all_false_and_errors(kernels):
+    x = torch.full((3, 300), float("nan")).requires_grad_()
+    with interpreter_mode():
+        ent = kernels.clamped_entropy_rows(x, 99, forward_block=BLOCK, row_mask=torch.zeros(3, dtype=torch.bool))
+        ent.sum().backward()
+    assert torch.equal(ent, torch.zeros(3)) and torch.equal(x.grad, torch.zeros(3, 300))
+    with pytest.raises(ValueError, match=r"row_mask must be a bool tensor of shape \(rows,\) = \(3,\)"):
+        kernels.clamped_entropy_rows(x, 9, row_mask=torch.ones(3))
+    with pytest.raises(ValueError, match="row_mask must be a bool tensor"):
+        kernels.clamped_entropy_rows(x, 9, row_mask=torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32], ids=["fp32"])
+@pytest.mark.parametrize("clamp_p", [0.25, 0.33, 0.9])
+@pytest.mark.parametrize("candidates, depth", [(16, 4), (2048, 1)], ids=["bucket-over-16", "lane-over-1-slot"])
+def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
+    """float32 rows whose threshold bucket (top 16 key bits) does not fit the candidate buffer take one more digit
+    pass: decided before the pass when the bucket holds more than ``candidates`` elements, after it when one lane
+    of the block met more than ``depth``. Small limits force both for the tie-heavy and dense rows and keep the
+    buffer path for the others, in one launch."""
+    gen = torch.Generator().manual_seed(9)
+    quantised = (torch.randint(-6, 6, (2, 1001), generator=gen).float() / 4).to(dtype)  # ~80 ties per value
+    # 600 values in [1, 1 + 2^-7), i.e. one 16-bit bucket, that differ (with repeats) in both lower key digits.
+    low_bits = torch.randint(0, 300, (1, 600), generator=gen) * 211
+    dense = torch.cat(
+        [1.0 + low_bits.double() * 2.0**-23, -torch.rand(1, 200, generator=gen), 2 + torch.rand(1, 201)], 1
+    )
+    spread = torch.randn(3, 1001, generator=gen) * 3
+    logits = torch.cat([quantised, dense[:, torch.randperm(1001, generator=gen)].float(), spread]).to(dtype)
+    grad_out = torch.randn(6, generator=gen)
+    k = aent.num_removed(1001, clamp_p)
+    x = logits.clone().requires_grad_()
+    with interpreter_mode():
+        ent = kernels.clamped_entropy_rows(
+            x, k, forward_block=BLOCK, backward_block=BLOCK, candidates=candidates, candidate_depth=depth
+        )
+        ent.backward(grad_out)
+    ref_ent, ref_grad = _reference(logits, clamp_p, grad_out)
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(x.grad.double(), ref_grad, rtol=1e-4, atol=2e-6)
+    assert torch.equal(x.grad != 0, _kept_mask(logits, clamp_p))
+
+
 def test_p_zero_equals_full_entropy(kernels):
     gen = torch.Generator().manual_seed(6)
     logits = torch.randn(3, 1001, generator=gen) * 4
@@ -231,11 +301,16 @@ def test_argument_errors(kernels):
         kernels.clamped_entropy_rows(torch.randn(2, 8), 2, forward_block=300)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("vocab", [VOCAB_FULL, 262_144], ids=["V151936", "V262144"])
+@pytest.mark.parametrize(
+    "dtype, vocab",
+    [(torch.float32, VOCAB_FULL), (torch.bfloat16, VOCAB_FULL), (torch.float32, 262_144)],
+    ids=["fp32-V151936", "bf16-V151936", "fp32-V262144"],
+)
 def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     """Real vocabulary sizes with the default block shapes (the ones a GPU runs), in the interpreter: many blocks
-    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row."""
+    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row. In float32 the first row
+    finishes its select on the candidate buffer and the tie-heavy row (thousands of equal logits in the threshold's
+    bucket) takes the fallback pass."""
     gen = torch.Generator().manual_seed(vocab)
     # A narrow spread keeps every kept token's probability (and gradient) far from underflow, so that the exact
     # kept set can be read off the gradient's non-zero pattern.

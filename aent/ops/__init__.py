@@ -9,6 +9,8 @@ import torch
 
 #: Input dtypes the fused kernels handle (others, e.g. float64, go to the ``"torch"`` path under ``impl="auto"``).
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Oldest Triton the fused kernels compile with (``tl.histogram(..., mask=)``).
+MIN_TRITON = (3, 4)
 
 
 @functools.cache
@@ -20,17 +22,28 @@ def triton_available() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     try:
+        import triton
+
+        if tuple(int(part) for part in triton.__version__.split(".")[:2]) < MIN_TRITON:
+            return False  # no mask argument on tl.histogram
+    except Exception:
+        return False
+    try:
         import aent.ops.triton_entropy  # noqa: F401
     except Exception:  # a broken or incompatible Triton install: fall back rather than fail at import
         return False
     return True
 
 
-def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
-    """Clamped entropy of a 2-D ``(rows, V)`` tensor with ``k`` removed tokens per row, by the fused kernels."""
+def clamped_entropy_triton(rows2d: torch.Tensor, k: int, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamped entropy of a 2-D ``(rows, V)`` tensor with ``k`` removed tokens per row, by the fused kernels.
+
+    ``row_mask``: optional 1-D bool tensor of shape ``(rows,)`` on the same device. Rows where it is False are never
+    read: their entropy is 0 and their gradient row is written as zeros. ``None`` computes every row.
+    """
     if not triton_available():
         raise RuntimeError(
-            "impl='triton' needs Triton and aent's fused kernels (pip install 'aent[gpu]'); "
+            "impl='triton' needs Triton >= 3.4 and aent's fused kernels (pip install 'aent[gpu]'); "
             "use impl='torch' to run without them"
         )
     from aent.ops import triton_entropy
@@ -41,4 +54,4 @@ def clamped_entropy_triton(rows2d: torch.Tensor, k: int) -> torch.Tensor:
             "or set TRITON_INTERPRET=1 before importing aent.ops.triton_entropy to run the kernels in Triton's "
             "interpreter on the CPU (slow; for testing)"
         )
-    return triton_entropy.clamped_entropy_rows(rows2d, k)
+    return triton_entropy.clamped_entropy_rows(rows2d, k, row_mask=row_mask)

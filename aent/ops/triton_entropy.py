@@ -4,14 +4,27 @@ Two launches per forward + backward, and only four float32 numbers per row kept 
 
 Forward (one program per row)
     Exact per-row threshold by radix select on an order-preserving integer key of the logits' bits, with 8-bit
-    digits: ``KEY_BITS / 8`` passes over the row (4 for float32, 2 for bfloat16/float16), each one a 256-bin
-    histogram of the next digit among the elements whose higher digits match the threshold found so far. The last
-    pass also accumulates the softmax statistics (running max, sum of exponentials, sum of ``q * (z - max)``) of
-    every element strictly above the threshold's bucket; the elements inside that bucket differ only in the last
-    digit, so their values are known from the bin index and their contribution is added from the histogram counts
-    once the last digit of the threshold is known. A row with ``k = 0`` skips the selection: one pass.
+    digits, each a 256-bin ``tl.histogram`` (with its ``mask``) of the next digit among the elements whose higher
+    digits match the threshold found so far.
+
+    * Pass 1 reads the row once for its maximum (the softmax shift: the maximum is always kept), the NaN/+inf flag
+      and the top digit's histogram.
+    * float32, pass 2: the second digit. The threshold's 16-bit bucket then holds ~0.1-0.3% of a typical row.
+      Pass 3 sums ``exp(z - max)`` and ``exp(z - max) (z - max)`` over the elements above that bucket (one
+      exponential each) and copies the bucket's elements to a per-row candidate buffer, each lane of the block to
+      its own slots (no communication between threads); the last two digits are selected on the copy. Three passes.
+      Fallback, decided per row: when the bucket holds more than ``CANDIDATES`` elements (known from pass 2's
+      histogram: heavy ties, quantised logits) or one lane met more than ``CANDIDATE_DEPTH``, a third digit pass
+      and then the last pass below (four or five passes, exact either way).
+    * bfloat16/float16 (16-bit keys), and float32 after the fallback: the last pass sums the softmax terms of the
+      elements above the threshold's 8-bit-wide bucket and histograms the last digit inside it; those elements'
+      values are known from the bin index, so their contribution is added from the counts. Two passes for 16-bit
+      keys.
+    * A row with ``k = 0`` skips the selection: one pass (online max for the softmax sums).
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
+
+Rows where the optional ``row_mask`` is False are not read by either kernel: entropy 0, gradient row 0.
 
 Key mapping: the float's bits ``b`` read as a signed integer, and ``b ^ 0x7FF..F`` for negative ``b`` (flip the
 magnitude bits), orders exactly like the floats, with ``-inf`` below every finite value. ``-0.0`` is mapped to
@@ -32,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -41,13 +55,19 @@ __all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWAR
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees; for
-# sm_90 the forward kernel needs ~80 registers per thread at 2048 x 8 warps (3 programs per multiprocessor) and
-# ~180 at 4096 x 8 (1 program). Overridable for tuning without code changes (scripts/bench_entropy.py --fused-configs).
+# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees.
+# Registers, spills and programs per multiprocessor depend on the Triton version and the target: scripts/kernel_cost.py
+# compiles the kernels and writes them to benchmarks/kernel_cost.csv (docs/PERFORMANCE.md has the table). Overridable
+# for tuning without code changes (scripts/bench_entropy.py --fused-configs).
 FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "2048"))
 FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
+# float32 select: rows whose threshold bucket (top 16 key bits) holds at most CANDIDATES elements finish the select on
+# a per-row buffer of CANDIDATE_DEPTH x FORWARD_BLOCK float32 slots (32 KB per row at the defaults: 5% of the fp32
+# logits at V = 151,936, freed before the backward allocates the gradient).
+CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "2048"))
+CANDIDATE_DEPTH = int(os.environ.get("AENT_TRITON_CANDIDATE_DEPTH", "4"))
 
 
 @triton.jit
@@ -99,12 +119,96 @@ def _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.con
 
 
 @triton.jit
+def _digit_histogram(
+    row_ptr,
+    n,
+    stride_col,
+    target,
+    SHIFT: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    COL_CONTIGUOUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One pass over the row: 256-bin histogram of key digit ``(key >> SHIFT) & 255`` among the elements whose
+    higher digits equal those of ``target``."""
+    offsets = tl.arange(0, BLOCK)
+    hist = tl.zeros([256], dtype=tl.int32)
+    prefix = target >> (SHIFT + 8)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
+        match = in_bounds & ((key >> (SHIFT + 8)) == prefix)
+        hist += tl.histogram((key >> SHIFT) & 255, 256, mask=match)
+    return hist
+
+
+@triton.jit
+def _softmax_and_candidates(
+    row_ptr,
+    n,
+    stride_col,
+    buffer_ptr,
+    target,
+    rank,
+    row_max,
+    COL_CONTIGUOUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DEPTH: tl.constexpr,
+):
+    """float32 keys whose top 16 bits (``target >> 16``) are known. One pass over the row: softmax sums of the
+    elements above that bucket, and the bucket's elements copied to ``buffer_ptr`` (lane ``j`` of the block writes
+    its ``i``-th one to slot ``i * BLOCK + j``). Then the last two digits are selected on the copy and its kept
+    elements added. Returns (sum of weights, sum of weight x shifted value, threshold, whether it all fit)."""
+    offsets = tl.arange(0, BLOCK)
+    neg_inf = float("-inf")
+    bucket = target >> 16
+    lane_total = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
+    lane_count = tl.zeros([BLOCK], dtype=tl.int32)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+        z = x.to(tl.float32)
+        key_bucket = _sorted_key(x, 32) >> 16
+        take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
+        in_bucket = in_bounds & (key_bucket == bucket)
+        tl.store(buffer_ptr + lane_count * BLOCK + offsets, z, mask=in_bucket & (lane_count < DEPTH))
+        lane_count += in_bucket.to(tl.int32)
+        shifted = tl.where(take, z - row_max, 0.0)
+        weight = tl.where(take, tl.exp(shifted), 0.0)
+        lane_total += weight
+        lane_weighted += weight * shifted
+    fits = tl.max(lane_count, 0) <= DEPTH
+    tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
+    slots = tl.arange(0, DEPTH * BLOCK)
+    lane_filled = lane_count * fits.to(tl.int32)  # nothing is read back when a lane overflowed
+    filled = (slots // BLOCK) < tl.reshape(tl.broadcast_to(lane_filled[None, :], (DEPTH, BLOCK)), (DEPTH * BLOCK,))
+    cz = tl.load(buffer_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")
+    ckey = _sorted_key(cz, 32)
+    digit, rank = _select_digit(tl.histogram((ckey >> 8) & 255, 256, mask=filled), rank)
+    target = target | (digit << 8)
+    same = filled & (((ckey >> 8) & 255) == digit)
+    digit, rank = _select_digit(tl.histogram(ckey & 255, 256, mask=same), rank)
+    target = target | digit
+    kept = filled & (ckey >= target) & (cz > neg_inf)
+    shifted = tl.where(kept, cz - row_max, 0.0)
+    weight = tl.where(kept, tl.exp(shifted), 0.0)
+    total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
+    weighted = tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)
+    return total, weighted, _key_to_float(target, 32, False), fits
+
+
+@triton.jit
 def _clamped_entropy_forward_kernel(
     x_ptr,
     stride_row,
     stride_col,
     vocab,
     num_removed,
+    row_mask_ptr,
+    candidates_ptr,
     entropy_ptr,
     threshold_ptr,
     shift_ptr,
@@ -113,110 +217,132 @@ def _clamped_entropy_forward_kernel(
     IS_BF16: tl.constexpr,
     SELECT: tl.constexpr,
     COL_CONTIGUOUS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    CANDIDATE_DEPTH: tl.constexpr,
 ):
     row = tl.program_id(0)
     row_ptr = x_ptr + row.to(tl.int64) * stride_row
     offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
     neg_inf = float("-inf")
+    n = vocab
+    if HAS_ROW_MASK:
+        n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
+
+    # Pass 1: row max, NaN/+inf flag and (with selection) the histogram of the key's top digit, read as unsigned.
+    # Without selection (k = 0) it is the only pass: the softmax sums are kept per lane with an online max.
+    lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
+    lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
+    lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max)
+    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max) (z - lane_max)
+    hist = tl.zeros([256], dtype=tl.int32)
+    for start in range(0, n, BLOCK):
+        cols = start + offsets
+        in_bounds = cols < n
+        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+        z = x.to(tl.float32)
+        lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
+        new_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
+        if SELECT:
+            key = _sorted_key(x, KEY_BITS)
+            hist += tl.histogram(((key >> (KEY_BITS - 8)) & 255) ^ 128, 256, mask=in_bounds)
+        else:
+            take = in_bounds & (z > neg_inf)
+            rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
+            shifted = tl.where(take, z - new_max, 0.0)
+            weight = tl.where(take, tl.exp(shifted), 0.0)
+            moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
+            lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
+            lane_total = rescale * lane_total + weight
+        lane_max = new_max
+    # The maximum is always kept (it is >= the threshold), so it is the softmax shift of the kept set.
+    row_max = tl.max(lane_max, 0)
+    invalid = tl.max(lane_invalid, 0) > 0
+    n = tl.where(invalid, 0, n)  # NaN/+inf: the entropy is NaN whatever the other passes find
 
     # Radix select: `target` collects the threshold's key digit by digit (lower digits still 0), `rank` is the
     # 0-based rank of the threshold among the elements that share the digits found so far.
     rank = num_removed
     target = 0
+    done = num_removed < 0  # a False scalar: set once the float32 select finished on the candidate buffer
+    total = tl.zeros([BLOCK], dtype=tl.float32).sum(0)
+    weighted = total
+    threshold = total
     if SELECT:
-        for digit_pass in tl.static_range(KEY_BITS // 8 - 1):
-            SHIFT = KEY_BITS - 8 * (digit_pass + 1)
-            hist = tl.zeros([256], dtype=tl.int32)
-            for start in range(0, vocab, BLOCK):
-                cols = start + offsets
-                in_bounds = cols < vocab
-                key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
-                if digit_pass == 0:
-                    match = in_bounds
-                    digit = ((key >> SHIFT) & 255) ^ 128  # the top digit of the key read as unsigned
-                else:
-                    match = in_bounds & ((key >> (SHIFT + 8)) == (target >> (SHIFT + 8)))
-                    digit = (key >> SHIFT) & 255
-                num_match = tl.sum(match.to(tl.int32), 0)
-                if num_match > 0:
-                    # Unmatched elements are counted in bin 0 and taken out again: portable to Triton versions
-                    # whose histogram has no mask argument.
-                    hist += tl.histogram(tl.where(match, digit, 0), 256)
-                    hist -= tl.where(bins == 0, BLOCK - num_match, 0)
-            digit_found, rank = _select_digit(hist, rank)
-            if digit_pass == 0:
-                target = (digit_found - 128) << SHIFT
-            else:
-                target = target | (digit_found << SHIFT)
+        digit, rank = _select_digit(hist, rank)
+        target = (digit - 128) << (KEY_BITS - 8)
+        if KEY_BITS == 32:
+            hist = _digit_histogram(row_ptr, n, stride_col, target, 16, KEY_BITS, COL_CONTIGUOUS, BLOCK)
+            digit, rank = _select_digit(hist, rank)
+            target = target | (digit << 16)
+            # The elements that share the threshold's top 16 bits are usually ~0.1-0.3% of a row. When they are
+            # few, the next pass copies them to a per-row buffer (each lane of the block to its own column of
+            # CANDIDATE_DEPTH slots: no communication between threads) and the select finishes there. Otherwise
+            # (heavy ties, quantised logits, or one lane with too many), one more digit pass over the row, then the
+            # last pass as for 16-bit keys.
+            if tl.sum(tl.where(bins == digit, hist, 0), 0) <= CANDIDATES:
+                total, weighted, threshold, done = _softmax_and_candidates(
+                    row_ptr,
+                    n,
+                    stride_col,
+                    candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * BLOCK),
+                    target,
+                    rank,
+                    row_max,
+                    COL_CONTIGUOUS,
+                    BLOCK,
+                    CANDIDATE_DEPTH,
+                )
+            if not done:
+                hist = _digit_histogram(row_ptr, n, stride_col, target, 8, KEY_BITS, COL_CONTIGUOUS, BLOCK)
+                digit, rank = _select_digit(hist, rank)
+                target = target | (digit << 8)
 
-    # Last pass: softmax statistics per lane (online max), plus the histogram of the last digit inside the bucket.
-    lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
-    lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max)
-    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max) * (z - lane_max)
-    lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)  # NaN or +inf seen
-    last_hist = tl.zeros([256], dtype=tl.int32)
-    bucket = target >> 8
-    for start in range(0, vocab, BLOCK):
-        cols = start + offsets
-        in_bounds = cols < vocab
-        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-        z = x.to(tl.float32)
-        lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
-        if SELECT:
+    # Last pass (unless the candidate buffer finished the select): sums of exp(z - max) and exp(z - max) (z - max)
+    # over the elements certainly kept (above the threshold's 8-bit-wide bucket), one exponential each, and the
+    # histogram of the last digit inside the bucket, whose elements' values are known from their bin.
+    if not SELECT:
+        lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
+        total = tl.sum(lane_total * lane_scale, 0)
+        weighted = tl.sum(
+            tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
+        )
+        threshold = total * 0.0 + neg_inf
+    elif not done:
+        lane_total = tl.zeros([BLOCK], dtype=tl.float32)
+        lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
+        last_hist = tl.zeros([256], dtype=tl.int32)
+        bucket = target >> 8
+        for start in range(0, n, BLOCK):
+            cols = start + offsets
+            in_bounds = cols < n
+            x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+            z = x.to(tl.float32)
             key = _sorted_key(x, KEY_BITS)
-            key_bucket = key >> 8
-            take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
-            in_bucket = in_bounds & (key_bucket == bucket)
-            num_in_bucket = tl.sum(in_bucket.to(tl.int32), 0)
-            if num_in_bucket > 0:
-                last_hist += tl.histogram(tl.where(in_bucket, key & 255, 0), 256)
-                last_hist -= tl.where(bins == 0, BLOCK - num_in_bucket, 0)
-        else:
-            take = in_bounds & (z > neg_inf)
-        new_max = tl.where(take, tl.maximum(lane_max, z), lane_max)
-        rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
-        shifted = tl.where(take, z - new_max, 0.0)
-        weight = tl.where(take, tl.exp(shifted), 0.0)
-        moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
-        lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
-        lane_total = rescale * lane_total + weight
-        lane_max = new_max
-
-    # Combine the lanes.
-    row_max = tl.max(lane_max, 0)
-    lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
-    total = tl.sum(lane_total * lane_scale, 0)
-    weighted = tl.sum(
-        tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
-    )
-
-    if SELECT:
+            take = in_bounds & ((key >> 8) > bucket) & (z > neg_inf)
+            last_hist += tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
+            shifted = tl.where(take, z - row_max, 0.0)
+            weight = tl.where(take, tl.exp(shifted), 0.0)
+            lane_total += weight
+            lane_weighted += weight * shifted
+        total = tl.sum(lane_total, 0)
+        weighted = tl.sum(lane_weighted, 0)
+        # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
         last_digit, rank = _select_digit(last_hist, rank)
         threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
-        # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
         bin_values = _key_to_float(target | bins, KEY_BITS, IS_BF16)
         use = (bins >= last_digit) & (last_hist > 0) & (bin_values > neg_inf)
-        bucket_max = tl.max(tl.where(use, bin_values, neg_inf), 0)
-        new_row_max = tl.maximum(row_max, bucket_max)
-        rescale_row = tl.where(total > 0, tl.exp(row_max - new_row_max), 0.0)
-        moved_row = tl.where(total > 0, total * (row_max - new_row_max), 0.0)
-        weighted = rescale_row * (weighted + moved_row)
-        total = rescale_row * total
-        bin_shifted = tl.where(use, bin_values - new_row_max, 0.0)
+        bin_shifted = tl.where(use, bin_values - row_max, 0.0)
         bin_weight = tl.where(use, last_hist.to(tl.float32) * tl.exp(bin_shifted), 0.0)
         total += tl.sum(bin_weight, 0)
         weighted += tl.sum(bin_weight * bin_shifted, 0)
-        row_max = new_row_max
-    else:
-        threshold = neg_inf
 
     valid = total > 0
     safe_total = tl.where(valid, total, 1.0)
     log_total = tl.log(safe_total)
     entropy = tl.where(valid, log_total - weighted / safe_total, 0.0)
-    invalid = tl.max(lane_invalid, 0) > 0
     entropy = tl.where(invalid, float("nan"), entropy)
     # NaN threshold: no element passes `z >= threshold`, so the backward writes zeros for this row.
     threshold = tl.where(invalid | (~valid), float("nan"), threshold)
@@ -236,24 +362,30 @@ def _clamped_entropy_backward_kernel(
     vocab,
     grad_out_ptr,
     grad_out_stride,
+    row_mask_ptr,
     entropy_ptr,
     threshold_ptr,
     shift_ptr,
     log_total_ptr,
     COL_CONTIGUOUS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = cols < vocab
+    read = in_bounds
+    if HAS_ROW_MASK:
+        # A skipped row: no column is read, zeros are written.
+        read = cols < tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)
     row64 = row.to(tl.int64)
-    z = _load_row_block(x_ptr + row64 * stride_row, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    z = _load_row_block(x_ptr + row64 * stride_row, cols, read, stride_col, COL_CONTIGUOUS).to(tl.float32)
     entropy = tl.load(entropy_ptr + row)
     threshold = tl.load(threshold_ptr + row)
     shift = tl.load(shift_ptr + row)
     log_total = tl.load(log_total_ptr + row)
     upstream = tl.load(grad_out_ptr + row64 * grad_out_stride).to(tl.float32)
-    kept = in_bounds & (z >= threshold) & (z > float("-inf"))
+    kept = read & (z >= threshold) & (z > float("-inf"))
     # (z - max) first: exact for nearby values, whereas max + log_total would round at the logits' magnitude.
     log_q = tl.where(kept, (z - shift) - log_total, 0.0)
     grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
@@ -287,76 +419,90 @@ def _on_device_of(tensor: torch.Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-def _row_statistics(rows2d: torch.Tensor, k: int, block: int, num_warps: int):
+def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     rows, vocab = rows2d.shape
     stats = torch.empty((4, rows), dtype=torch.float32, device=rows2d.device)
     entropy, threshold, shift, log_total = stats.unbind(0)
     if rows > 0:
+        key_bits = 32 if rows2d.dtype == torch.float32 else 16
+        # Per-row candidate buffer of the float32 select; unused otherwise.
+        if key_bits == 32 and k > 0:
+            candidates = torch.empty(
+                (rows, config.candidate_depth * config.forward_block), dtype=torch.float32, device=rows2d.device
+            )
+        else:
+            candidates = entropy
         with _on_device_of(rows2d):
-            _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total)
+            _clamped_entropy_forward_kernel[(rows,)](
+                rows2d,
+                rows2d.stride(0),
+                rows2d.stride(1),
+                vocab,
+                k,
+                entropy if row_mask is None else row_mask.view(torch.uint8),
+                candidates,
+                entropy,
+                threshold,
+                shift,
+                log_total,
+                KEY_BITS=key_bits,
+                IS_BF16=rows2d.dtype == torch.bfloat16,
+                SELECT=k > 0,
+                COL_CONTIGUOUS=rows2d.stride(1) == 1,
+                HAS_ROW_MASK=row_mask is not None,
+                BLOCK=config.forward_block,
+                CANDIDATES=config.candidates,
+                CANDIDATE_DEPTH=config.candidate_depth,
+                num_warps=config.forward_warps,
+            )
     return entropy, threshold, shift, log_total
 
 
-def _launch_forward(rows2d, k, block, num_warps, entropy, threshold, shift, log_total):
-    _clamped_entropy_forward_kernel[(rows2d.shape[0],)](
-        rows2d,
-        rows2d.stride(0),
-        rows2d.stride(1),
-        rows2d.shape[1],
-        k,
-        entropy,
-        threshold,
-        shift,
-        log_total,
-        KEY_BITS=32 if rows2d.dtype == torch.float32 else 16,
-        IS_BF16=rows2d.dtype == torch.bfloat16,
-        SELECT=k > 0,
-        COL_CONTIGUOUS=rows2d.stride(1) == 1,
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+class _Config(NamedTuple):
+    forward_block: int
+    forward_warps: int
+    backward_block: int
+    backward_warps: int
+    candidates: int
+    candidate_depth: int
 
 
 class _FusedClampedEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows2d: torch.Tensor, k: int, config: tuple):
-        forward_block, forward_warps, backward_block, backward_warps = config
-        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, forward_block, forward_warps)
-        ctx.save_for_backward(rows2d, entropy, threshold, shift, log_total)
-        ctx.backward_config = (backward_block, backward_warps)
+    def forward(ctx, rows2d: torch.Tensor, k: int, row_mask, config: _Config):
+        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, row_mask, config)
+        ctx.save_for_backward(rows2d, row_mask, entropy, threshold, shift, log_total)
+        ctx.config = config
         return entropy
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        rows2d, entropy, threshold, shift, log_total = ctx.saved_tensors
+        rows2d, row_mask, entropy, threshold, shift, log_total = ctx.saved_tensors
         rows, vocab = rows2d.shape
         grad = torch.empty((rows, vocab), dtype=rows2d.dtype, device=rows2d.device)
         if rows > 0:
-            block, num_warps = ctx.backward_config
+            block = ctx.config.backward_block
             with _on_device_of(rows2d):
-                _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps)
-        return grad, None, None
-
-
-def _launch_backward(rows2d, grad, grad_out, entropy, threshold, shift, log_total, block, num_warps):
-    rows, vocab = rows2d.shape
-    _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
-        rows2d,
-        rows2d.stride(0),
-        rows2d.stride(1),
-        grad,
-        grad.stride(0),
-        vocab,
-        grad_out,
-        grad_out.stride(0),
-        entropy,
-        threshold,
-        shift,
-        log_total,
-        COL_CONTIGUOUS=rows2d.stride(1) == 1,
-        BLOCK=block,
-        num_warps=num_warps,
-    )
+                _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
+                    rows2d,
+                    rows2d.stride(0),
+                    rows2d.stride(1),
+                    grad,
+                    grad.stride(0),
+                    vocab,
+                    grad_out,
+                    grad_out.stride(0),
+                    entropy if row_mask is None else row_mask.view(torch.uint8),
+                    entropy,
+                    threshold,
+                    shift,
+                    log_total,
+                    COL_CONTIGUOUS=rows2d.stride(1) == 1,
+                    HAS_ROW_MASK=row_mask is not None,
+                    BLOCK=block,
+                    num_warps=ctx.config.backward_warps,
+                )
+        return grad, None, None, None
 
 
 def clamped_entropy_rows(
@@ -367,6 +513,9 @@ def clamped_entropy_rows(
     backward_block: int | None = None,
     forward_warps: int | None = None,
     backward_warps: int | None = None,
+    candidates: int | None = None,
+    candidate_depth: int | None = None,
+    row_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clamped entropy in nats of each row of a ``(rows, V)`` tensor with the ``k`` lowest logits removed.
 
@@ -381,22 +530,47 @@ def clamped_entropy_rows(
             :data:`FORWARD_BLOCK` and :data:`BACKWARD_BLOCK` (environment ``AENT_TRITON_FORWARD_BLOCK`` /
             ``AENT_TRITON_BACKWARD_BLOCK``).
         forward_warps, backward_warps: warps per program (powers of two); defaults from
-            ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else 8.
+            ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else :data:`FORWARD_WARPS` /
+            :data:`BACKWARD_WARPS`.
+        candidates: size of the float32 select's per-row candidate buffer (power of two >= 16); default
+            :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``). Rows whose threshold bucket holds more elements take
+            one more pass over the row instead.
+        candidate_depth: slots per lane of the candidate buffer (power of two); default :data:`CANDIDATE_DEPTH`
+            (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane of the block meets more candidates than that
+            takes the extra pass as well.
+        row_mask: optional bool tensor of shape ``(rows,)`` on the logits' device; rows where it is False are never
+            read: their entropy is 0 and their gradient row is written as zeros.
     """
     _check_rows(rows2d, k)
-    config = (
+    config = _Config(
         forward_block or FORWARD_BLOCK,
         forward_warps or FORWARD_WARPS,
         backward_block or BACKWARD_BLOCK,
         backward_warps or BACKWARD_WARPS,
+        candidates or CANDIDATES,
+        candidate_depth or CANDIDATE_DEPTH,
     )
-    for name, value, low in zip(
-        ("forward_block", "forward_warps", "backward_block", "backward_warps"), config, (256, 1, 256, 1)
-    ):
+    for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16, 1)):
         if value < low or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
-    if triton.cdiv(rows2d.shape[1], config[2]) > 65535:
+    if triton.cdiv(rows2d.shape[1], config.backward_block) > 65535:
         raise ValueError(
-            f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config[2]}; raise backward_block"
+            f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config.backward_block}; "
+            "raise backward_block"
         )
-    return _FusedClampedEntropy.apply(rows2d, int(k), config)
+    if row_mask is not None:
+        _check_row_mask(row_mask, rows2d)
+    return _FusedClampedEntropy.apply(rows2d, int(k), row_mask, config)
+
+
+def _check_row_mask(row_mask: torch.Tensor, rows2d: torch.Tensor) -> None:
+    if row_mask.dtype != torch.bool or row_mask.shape != (rows2d.shape[0],):
+        raise ValueError(
+            f"row_mask must be a bool tensor of shape (rows,) = ({rows2d.shape[0]},), got {row_mask.dtype} of shape "
+            f"{tuple(row_mask.shape)}; pass e.g. mask.reshape(-1).bool()"
+        )
+    if row_mask.device != rows2d.device:
+        raise ValueError(
+            f"row_mask is on {row_mask.device} but the logits are on {rows2d.device}; move it with "
+            "row_mask.to(logits.device)"
+        )
