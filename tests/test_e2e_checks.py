@@ -102,6 +102,16 @@ def test_each_broken_log_is_rejected(breakage, check):
         getattr(checks, check)(*args)
 
 
+def test_check_equal():
+    log = consistent_log()
+    for row in log.values():
+        row[checks.ENTROPY_LOSS] = row[checks.CLAMPED_ENTROPY] * (1 + 1e-7)
+    checks.check_equal(log, checks.CLAMPED_ENTROPY, checks.ENTROPY_LOSS, 1e-5)
+    log[3][checks.ENTROPY_LOSS] *= 1.01
+    with pytest.raises(checks.E2EFailure):
+        checks.check_equal(log, checks.CLAMPED_ENTROPY, checks.ENTROPY_LOSS, 1e-5)
+
+
 def test_a_resume_that_restarts_the_coefficient_is_rejected():
     resumed = consistent_log(first_step=3, entropies=(4.7,))
     saved = consistent_log()[2][checks.COEF_NEXT]

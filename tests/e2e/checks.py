@@ -16,6 +16,7 @@ COEF = "actor/aent_coef"
 COEF_NEXT = "actor/aent_coef_next"
 PG_LOSS = "actor/pg_loss"  # verl 0.9.1 ppo_loss: the policy-gradient term, summed over micro-batches like the loss
 LOSS = "actor/loss"  # verl 0.9.1 engine worker: the total loss that was back-propagated
+ENTROPY_LOSS = "actor/entropy_loss"  # verl 0.9.1 ppo_loss: its full-vocabulary entropy, aggregated like the loss
 PROBS_DIFF_MAX = "training/rollout_probs_diff_max"  # max |p_vllm - p_trainer| over response tokens
 ADVANTAGES_MAX = "critic/advantages/max"
 ADVANTAGES_MIN = "critic/advantages/min"
@@ -115,6 +116,14 @@ def check_constant_coef(metrics: Metrics, value: float) -> None:
         for name in (COEF, COEF_NEXT):
             if not math.isclose(_finite(name, step, row[name]), value, rel_tol=1e-9):
                 raise E2EFailure(f"step {step}: {name} = {row[name]!r}, a constant coefficient of {value!r} expected")
+
+
+def check_equal(metrics: Metrics, a: str, b: str, rel: float) -> None:
+    """``a == b`` within ``rel`` on every step (e.g. AEnt's clamped entropy at clamp_p = 0 and verl's entropy)."""
+    for step, row in sorted(metrics.items()):
+        va, vb = _finite(a, step, row.get(a)), _finite(b, step, row.get(b))
+        if not math.isclose(va, vb, rel_tol=rel):
+            raise E2EFailure(f"step {step}: {a} = {va!r} but {b} = {vb!r}")
 
 
 def check_rollout_matches_trainer(metrics: Metrics, steps: List[int], tol: float) -> None:
