@@ -136,8 +136,12 @@ def print_tails(paths) -> None:
 
 def worker_logs(ray_dir: str):
     """Ray's per-process logs of the run (workers, raylet, GCS), newest session only."""
-    logs = sorted(glob.glob(os.path.join(ray_dir, "session_*", "logs", "*")))
-    return [p for p in logs if os.path.isfile(p) and p.endswith((".err", ".out", ".log"))]
+    sessions = sorted(p for p in glob.glob(os.path.join(ray_dir, "session_*")) if not os.path.islink(p))
+    if not sessions:
+        return []
+    logs = sorted(glob.glob(os.path.join(sessions[-1], "logs", "*")))
+    keep = ("worker-", "raylet.", "gcs_server.")  # the workers' stdout/stderr, and Ray's own two services
+    return [p for p in logs if os.path.basename(p).startswith(keep) and p.endswith((".err", ".out"))]
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
