@@ -1,12 +1,17 @@
 # Two entry points for a fresh machine: `make demo` (the CPU main job) and `make test` (the suite).
 # Each sets up .venv on first use. torch is pinned first so that pip takes the CPU build rather than resolving
-# a multi-GB CUDA build by itself.
+# a multi-GB CUDA build by itself. `make e2e` runs verl's own main_ppo with vLLM rollouts on a CPU, in its own
+# environment .venv-e2e (exact pins in tests/e2e/requirements.txt; see docs/VERL.md, "End to end on a CPU").
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test demo toy lint clean
+VENV_E2E ?= .venv-e2e
+PY_E2E := $(VENV_E2E)/bin/python
+E2E_ARGS ?=
+
+.PHONY: setup test demo toy lint clean e2e e2e-setup
 
 setup: $(VENV)/.installed
 
@@ -26,8 +31,23 @@ demo: setup
 toy: setup
 	$(VENV)/bin/aent toy-mdp
 
+# torch's CPU build first; then the pinned stack, the project and the test-only CPU bridges (tests/support). PyPI's
+# torchvision/torchaudio/torchcodec builds do not match the CPU torch and are not needed: removed.
+e2e-setup: $(VENV_E2E)/.installed
+
+$(VENV_E2E)/.installed: tests/e2e/requirements.txt pyproject.toml tests/support/pyproject.toml
+	$(PYTHON) -m venv $(VENV_E2E)
+	timeout 600 $(PY_E2E) -m pip install --upgrade pip
+	timeout 900 $(PY_E2E) -m pip install "$(TORCH)"
+	timeout 1800 $(PY_E2E) -m pip install -r tests/e2e/requirements.txt -e . -e tests/support
+	$(PY_E2E) -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+e2e: e2e-setup
+	timeout 3000 $(PY_E2E) tests/e2e/run.py $(E2E_ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_E2E) build *.egg-info .pytest_cache

@@ -69,7 +69,9 @@ def _batch(torch, tu, left_right_2_no_padding, micro_batch_size, flags):
 def run_checks(out_path: str) -> None:
     """Runs in the subprocess; writes a JSON dict of measured quantities to ``out_path``."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from aent.verl.testing import build_tiny_qwen2, init_single_process_group, use_cpu_platform
+    from aent_test_support.cpu_platform import init_single_process_group, use_cpu_platform
+
+    from aent.verl.testing import build_tiny_qwen2
 
     use_cpu_platform()
     init_single_process_group()
@@ -308,4 +310,5 @@ def test_training_without_the_step_flags_is_refused(engine_results):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))  # as tests/conftest.py
     run_checks(sys.argv[1])
