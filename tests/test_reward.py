@@ -129,7 +129,8 @@ def test_case_table(data_source, ground_truth, response, expected):
     assert result["reason"] == expected, result
     assert result["acc"] is (expected == "correct")
     assert result["score"] == (1.0 if expected == "correct" else 0.0)
-    assert set(result) == {"score", "acc", "pred", "reason", "format_ok"}
+    assert set(result) == {"score", "acc", "pred", "reason", "format_ok", "bad_ground_truth"}
+    assert result["bad_ground_truth"] == 0.0
     if expected == "no_answer":
         assert result["pred"] is None
 
