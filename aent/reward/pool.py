@@ -185,6 +185,8 @@ class VerifyPool:
                 try:
                     worker.wait_ready()
                 except RuntimeError as exc:
+                    if self._closed:
+                        return  # killed by close() while starting
                     self._retire(worker, count=False)
                     self._fail(str(exc))
                     continue
