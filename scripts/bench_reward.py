@@ -9,6 +9,9 @@ For each worker count (``AENT_REWARD_WORKERS``), in this one process:
     ``aent.reward.compute_score_batch``; each group mixes the exact gold text, equivalent spellings (need sympy),
     wrong answers and responses without an answer ("GRPO-like": repeats within a group hit the verdict cache),
   * the same step with every (gold, answer) pair unique and the cache cleared (worst case: every answer to sympy),
+  * for both, the CPU seconds the workers and this process spent (Linux ``/proc``), hence answers per CPU-second:
+    on a shared host the wall-clock rate measures the share of the CPU the run got; answers per CPU-second times
+    the free cores estimates the rate on an idle host,
   * a hanging answer with ``timeout=1.5``: when the call returned, and how long the next call took (the warm
     spare serves it; no wait for a replacement).
 Prints a table and appends one row per measurement to ``--csv`` (with date, device and versions; benchlib).
@@ -32,7 +35,7 @@ from benchlib import append_csv, environment, print_table  # noqa: E402
 
 FIELDS = [
     "date_utc", "device", "torch", "math_verify", "sympy", "load_1min", "workers", "measurement", "answers",
-    "seconds", "scores_per_s", "correct", "wrong", "no_answer", "timeout", "parse_error", "bad_ground_truth",
+    "seconds", "scores_per_s", "cpu_s", "answers_per_cpu_s", "correct", "wrong", "no_answer", "timeout", "parse_error", "bad_ground_truth",
 ]  # fmt: skip
 
 # (gold, equivalent spellings, wrong answers): MATH-like answers of the kinds seen in training
@@ -79,6 +82,19 @@ def make_batch(rng: random.Random, prompts: int, group: int, unique: bool, respo
     return batch
 
 
+def _cpu_seconds(pids) -> float:
+    """User + system CPU seconds used so far by the processes ``pids`` (Linux /proc; 0 where unreadable)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def _math_verify_version() -> str:
     from importlib.metadata import version
 
@@ -109,8 +125,11 @@ def main() -> int:
     env["math_verify"] = _math_verify_version()
     rows = []
 
-    def record(workers, measurement, n, seconds, results=()):
+    def record(workers, measurement, n, seconds, results=(), cpu_s=None):
         row = dict(env, workers=workers, measurement=measurement, answers=n, seconds=f"{seconds:.2f}")
+        if cpu_s:
+            row["cpu_s"] = f"{cpu_s:.1f}"
+            row["answers_per_cpu_s"] = f"{n / cpu_s:.0f}"
         row["load_1min"] = f"{os.getloadavg()[0]:.1f}"
         if results:
             row["scores_per_s"] = f"{n / seconds:.0f}"
@@ -128,19 +147,26 @@ def main() -> int:
         for label, unique in (("GRPO-like step (repeats hit the cache)", False), ("unique pairs, cache cleared", True)):
             batch = make_batch(random.Random(args.seed), args.prompts, args.group, unique, args.response_bytes)
             reward._cache.clear()
+            pids = pool_module.get_pool().worker_pids()
+            cpu0, own0 = _cpu_seconds(pids), time.process_time()
             t0 = time.perf_counter()
             results = reward.compute_score_batch(*(list(column) for column in zip(*batch)))
-            record(workers, label, len(batch), time.perf_counter() - t0, results)
+            seconds = time.perf_counter() - t0
+            # CPU of the workers and of this process (extraction, threads): what the step costs whatever the load
+            cpu_s = _cpu_seconds(pids) - cpu0 + time.process_time() - own0
+            record(workers, label, len(batch), seconds, results, cpu_s)
         t0 = time.perf_counter()
         hang = reward.compute_score("lighteval/MATH", r"\boxed{9^{9^{9^{9}}}}", "3", timeout=1.5)
         record(workers, f"hanging answer, timeout=1.5 ({hang['reason']})", 1, time.perf_counter() - t0)
+        reward._cache.clear()  # the next call must reach a worker
         t0 = time.perf_counter()
         reward.compute_score("lighteval/MATH", r"\boxed{\sqrt{12}}", r"2\sqrt{3}")
         record(workers, "the next call after it", 1, time.perf_counter() - t0)
     reward.shutdown()
 
     print()
-    print_table(rows, ["workers", "measurement", "answers", "seconds", "scores_per_s", "timeout", "load_1min"])
+    cols = ["workers", "measurement", "answers", "seconds", "scores_per_s", "cpu_s", "answers_per_cpu_s", "timeout"]
+    print_table(rows, cols + ["load_1min"])
     if not args.no_csv:
         append_csv(args.csv, rows, FIELDS)
         print(f"appended {len(rows)} rows to {args.csv}")
