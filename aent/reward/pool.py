@@ -281,7 +281,10 @@ class VerifyPool:
                 except (EOFError, OSError):
                     # The worker died (killed by the OS, out of memory, a crash in a C extension).
                     remaining -= time.monotonic() - sent
-                    code = worker.proc.poll()
+                    try:  # its pipe closed, so it is exiting: its code names the cause
+                        code = worker.proc.wait(timeout=1.0)
+                    except subprocess.TimeoutExpired:
+                        code = None
                     self._retire(worker)
                     if attempt == 1:
                         return CRASHED, f"worker exited with code {code} twice on this input"
