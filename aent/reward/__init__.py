@@ -3,14 +3,18 @@
 Use from verl 0.9::
 
     reward.custom_reward_function.path=pkg://aent.reward
-    reward.custom_reward_function.name=compute_score
+    reward.custom_reward_function.name=compute_score_async   # or compute_score: same signature and results
     # optional: +reward.custom_reward_function.reward_kwargs.timeout=5
     #           +reward.custom_reward_function.reward_kwargs.format_penalty=0.1
+
+:func:`compute_score_batch` scores a whole list at once (for your own trainer).
 
 The paper (arXiv 2509.03493, Section 5) trains with a binary math-verify reward: 1 for a correct final answer,
 0 otherwise. math-verify (sympy) runs in separate worker processes (:mod:`aent.reward.pool`): a check that exceeds
 its time limit is killed and scores 0 with reason "timeout", and the reward keeps working. Importing this module
-loads neither sympy nor math-verify; the first call starts the workers (see docs/REWARD.md for the cost).
+loads neither sympy nor math-verify; the first call starts the workers (see docs/REWARD.md for the cost). A broken
+ground truth is reported as ``reason="bad_ground_truth"`` (and the numeric key ``bad_ground_truth``, which verl
+turns into a validation metric), never as a wrong answer.
 """
 
 from __future__ import annotations
