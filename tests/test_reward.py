@@ -8,6 +8,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it here would defeat the lightness checks
@@ -15,7 +16,16 @@ if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it h
 
 import aent.reward as reward  # noqa: E402
 from aent.reward import compute_score  # noqa: E402
-from aent.reward.extract import extract_answer, last_boxed, normalize_for_match, normalize_ground_truth  # noqa: E402
+from aent.reward.extract import (  # noqa: E402
+    MAX_BOXES,
+    extract,
+    extract_answer,
+    find_boxes,
+    last_boxed,
+    normalize_answer_text,
+    normalize_for_match,
+    normalize_ground_truth,
+)
 
 MATH = "lighteval/MATH"
 GSM = "openai/gsm8k"
@@ -114,6 +124,44 @@ CASES = [
     (OPENR1, r"2016", STEPS + r"$\boxed{2016}$", "correct"),
     (OPENR1, r"x \in [1, 2]", STEPS + r"$\boxed{[1,2]}$", "correct"),
     (OPENR1, r"f(x)=2x+1", STEPS + r"$\boxed{f(x) = 1 + 2x}$", "correct"),
+    # fallbacks take the answer only, never the rest of the line (math-verify would take its last number)
+    (MATH, "12", STEPS + "The answer is 13 because 3*4=12.", "wrong"),
+    (MATH, "13", STEPS + "The answer is 13 because 3*4=12.", "correct"),
+    (GSM, "12", STEPS + "#### 13 since 3*4 = 12", "wrong"),
+    (MATH, "12", STEPS + "The answer is $13$, as 3*4=12.", "wrong"),
+    (MATH, r"\frac{1}{2}", STEPS + r"The final answer is \frac{1}{2}; we are done.", "correct"),
+    # an equation does not stand for its right-hand side unless it assigns a variable
+    (MATH, "12", STEPS + r"\boxed{13 = 12}", "wrong"),
+    (MATH, "12", STEPS + r"\boxed{13 \text{ because } 3*4=12}", "wrong"),
+    (MATH, "12", STEPS + r"\boxed{x = 12}", "correct"),
+    # several top-level boxes as one answer; the last box alone still counts
+    (MATH, r"\{1, 2, 3\}", STEPS + r"$\boxed{1}, \boxed{2}, \boxed{3}$", "correct"),
+    (MATH, "1, 2, 3", STEPS + r"$\boxed{3}, \boxed{1}, \boxed{2}$", "correct"),
+    (MATH, r"(1, 2)", STEPS + r"$x=\boxed{1}$ and $y=\boxed{2}$", "correct"),
+    (MATH, "3", STEPS + r"$\boxed{1}, \boxed{2}, \boxed{3}$", "correct"),
+    (MATH, "5", STEPS + "".join(rf"\boxed{{{i}}} " for i in range(1, 11)), "wrong"),  # boxing every candidate
+    (MATH, r"\{1, 2, 3\}", STEPS + r"$\boxed{1}, \boxed{2}$", "wrong"),
+    # percent forms, unicode fractions and minus signs
+    (MATH, "100", STEPS + r"\boxed{100%}", "correct"),
+    (MATH, r"28\%", STEPS + r"\boxed{28 %}", "correct"),
+    (MATH, r"28\%", STEPS + r"\boxed{28\,\%}", "correct"),
+    (MATH, r"28\%", STEPS + r"\boxed{29%}", "wrong"),
+    (MATH, r"\frac{1}{2}", STEPS + r"\boxed{½}", "correct"),
+    (MATH, r"\frac{5}{2}", STEPS + r"\boxed{2½}", "correct"),
+    (MATH, r"\frac{3}{4}", STEPS + r"\boxed{¼}", "wrong"),
+    (MATH, "-3", STEPS + "\\boxed{\u22123}", "correct"),
+    (MATH, "3", STEPS + "\\boxed{\u22123}", "wrong"),
+    # a broken ground truth is a data error, never "wrong"
+    (MATH, None, STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, "", STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, "  ", STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, float("nan"), STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, {"answer": "3"}, STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, [], STEPS + r"\boxed{3}", "bad_ground_truth"),
+    (MATH, ["1", None], STEPS + r"\boxed{1, 2}", "bad_ground_truth"),
+    (MATH, None, "no answer at all", "bad_ground_truth"),
+    (GSM, "#### ", STEPS + "#### 3", "bad_ground_truth"),
+    (MATH, 72, STEPS + r"\boxed{72}", "correct"),  # parquet may store a number
 ]
 
 
@@ -129,15 +177,18 @@ def test_case_table(data_source, ground_truth, response, expected):
     assert result["reason"] == expected, result
     assert result["acc"] is (expected == "correct")
     assert result["score"] == (1.0 if expected == "correct" else 0.0)
-    assert set(result) == {"score", "acc", "pred", "reason", "format_ok"}
+    assert set(result) == {"score", "acc", "pred", "reason", "format_ok", "bad_ground_truth"}
+    assert result["bad_ground_truth"] == (1.0 if expected == "bad_ground_truth" else 0.0)
     if expected == "no_answer":
         assert result["pred"] is None
 
 
-def test_table_is_large_and_balanced():
-    reasons = [c[3] for c in CASES]
-    assert len(CASES) >= 60
-    assert reasons.count("correct") >= 30 and reasons.count("wrong") >= 15 and reasons.count("no_answer") >= 3
+def test_every_reason_is_reachable():
+    """REASONS lists exactly the reasons compute_score gives (the timeout one is in test_reward_adversarial.py)."""
+    seen = {compute_score(ds, resp, gold)["reason"] for ds, gold, resp, _ in CASES}
+    seen.add(compute_score(MATH, r"\boxed{9^{9^{9^{9}}}}", "3", timeout=0.5)["reason"])
+    seen.add(compute_score(MATH, r"\boxed{" + "1+" * 1500 + "1}", "3")["reason"])  # over MAX_ANSWER_CHARS
+    assert seen == set(reward.REASONS)
 
 
 def test_last_boxed_rules():
@@ -150,6 +201,14 @@ def test_last_boxed_rules():
     assert last_boxed(r"\boxed 7.") == "7"
     assert last_boxed("no box") is None
     assert last_boxed("{" * 100000 + r"\boxed{1}") == "1"  # linear, no recursion
+    assert last_boxed(r"\boxed{\boxed{\boxed{5}}}") == "5"
+    assert last_boxed(r"\boxed{\boxed{1} + \boxed{2}}") == r"\boxed{1} + \boxed{2}"
+    assert last_boxed(r"\boxed{a\}b}") == r"a\}b"
+    assert last_boxed(r"\boxedfoo{1}") is None
+    boxes = find_boxes(r"\boxed{1}, \fbox{2}, \boxed 3, \boxed{}")
+    assert boxes == (["1", "2", "3"], 3, True)
+    assert find_boxes(r"\boxed{1}" * (MAX_BOXES + 4)).count == MAX_BOXES + 4
+    assert extract(r"\boxed{1}" * (MAX_BOXES + 1)).boxes == []  # a long list of boxes is not one answer
 
 
 def test_extract_answer_order():
@@ -157,6 +216,11 @@ def test_extract_answer_order():
     assert extract_answer("#### 5\nThe answer is 6.") == ("5", "gsm8k_marker")
     assert extract_answer("So the final answer is: $6$.") == ("6", "answer_phrase")
     assert extract_answer("nothing here") == (None, None)
+    assert extract_answer("The answer is 13 because 3*4=12.") == ("13", "answer_phrase")
+    assert extract_answer("The answer is $-\\frac{1}{2}$ since x<0") == ("-\\frac{1}{2}", "answer_phrase")
+    assert extract_answer("The answer is 3.5.") == ("3.5", "answer_phrase")
+    assert extract_answer("The answer is (1, 2), found above") == ("(1, 2)", "answer_phrase")
+    assert extract_answer("#### 1,000 dollars\nmore text") == ("1,000", "gsm8k_marker")
 
 
 def test_ground_truth_normalisation():
@@ -165,6 +229,20 @@ def test_ground_truth_normalisation():
     assert normalize_ground_truth(MATH, "1,000") == "1,000"  # a tuple in MATH is not a thousands separator
     assert normalize_ground_truth(OPENR1, r"$\frac{\pi}{4}$") == r"\frac{\pi}{4}"
     assert normalize_ground_truth("olympiadbench", ["$1$", "$2$"]) == "1, 2"
+    assert normalize_ground_truth(MATH, r"$$\boxed{2}, \boxed{3}, \boxed{5}$$") == "2, 3, 5"
+    assert normalize_ground_truth(MATH, np.array(["1", "2"])) == "1, 2"
+    assert normalize_ground_truth(MATH, np.int64(7)) == "7"
+    for bad in (None, "", " ", float("nan"), True, {}, [], ["1", ""], b"\xff"):
+        assert normalize_ground_truth(MATH, bad) is None, bad
+
+
+def test_answer_text_normalisation():
+    assert normalize_answer_text("\u22123") == "-3"
+    assert normalize_answer_text("½") == r"\frac{1}{2}"
+    assert normalize_answer_text("2½") == r"(2+\frac{1}{2})"
+    assert normalize_answer_text("100%") == r"100\%"
+    assert normalize_answer_text("28 %") == r"28\%"
+    assert normalize_answer_text(r"25\%") == r"25\%"
 
 
 def test_exact_match_normal_form_is_conservative():
@@ -211,6 +289,61 @@ def test_loaded_through_verl_pkg_path():
     assert load_extern_object("pkg://aent.reward", "compute_score") is compute_score
 
 
+def test_async_entry_point_through_verl():
+    """verl awaits a coroutine reward function directly; results equal the sync ones."""
+    omegaconf = pytest.importorskip("omegaconf")
+    verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
+    cfg = omegaconf.OmegaConf.create(
+        {
+            "reward": {
+                "custom_reward_function": {
+                    "path": "pkg://aent.reward",
+                    "name": "compute_score_async",
+                    "reward_kwargs": SLACK,
+                }
+            }
+        }
+    )
+    fn = verl_reward.get_custom_reward_fn(cfg)
+    inputs = _mixed_inputs()[:24]
+
+    async def run_all():
+        return await asyncio.gather(
+            *(fn(data_source=ds, solution_str=resp, ground_truth=gold, extra_info={}) for ds, resp, gold in inputs)
+        )
+
+    assert asyncio.run(run_all()) == [compute_score(ds, resp, gold, **SLACK) for ds, resp, gold in inputs]
+
+
+def test_bad_ground_truth_reaches_verl_validation_metrics():
+    """verl 0.9 turns every numeric key of the result into a validation metric per data source
+    (val-aux/<data_source>/bad_ground_truth/mean@N); string keys such as reason are skipped."""
+    metric_utils = pytest.importorskip("verl.trainer.ppo.metric_utils")
+    rows = [(MATH, r"\boxed{3}", "3"), (MATH, r"\boxed{3}", None), (MATH, r"\boxed{4}", "3"), (MATH, r"\boxed{3}", "")]
+    results = [compute_score(*row) for row in rows]
+    infos = {key: [r[key] for r in results] for key in results[0]}
+    metrics = metric_utils.process_validation_metrics([MATH] * 4, ["u0", "u1", "u2", "u3"], infos)
+    assert metrics[MATH]["bad_ground_truth"]["mean@1"] == pytest.approx(0.5)
+    assert metrics[MATH]["acc"]["mean@1"] == pytest.approx(0.25)
+    assert "reason" not in metrics[MATH]
+
+
+def test_batch_entry_point_equals_single_calls():
+    inputs = _mixed_inputs()
+    data_sources, responses, golds = (list(column) for column in zip(*inputs))
+    batch = reward.compute_score_batch(data_sources, responses, golds, format_penalty=0.5, **SLACK)
+    assert batch == [compute_score(ds, resp, gold, format_penalty=0.5, **SLACK) for ds, resp, gold in inputs]
+    with pytest.raises(ValueError, match="one data_source, ground_truth"):
+        reward.compute_score_batch(data_sources[:2], responses[:3], golds[:3])
+    with pytest.raises(ValueError, match="reward_kwargs.timeout"):
+        reward.compute_score_batch(data_sources, responses, golds, timeout=-1)
+
+
+# Equality tests between two ways of scoring use a long time limit: on a loaded machine a 5-s check can time out in
+# one run and not in the other, which says nothing about the two ways.
+SLACK = {"timeout": 60}
+
+
 def _mixed_inputs():
     inputs = [(ds, resp, gold) for ds, gold, resp, _ in CASES]
     inputs += [(MATH, rf"\boxed{{{i / 8}}}", rf"\frac{{{i}}}{{8}}") for i in range(24)]
@@ -221,20 +354,20 @@ def _mixed_inputs():
 def test_sixteen_threads_equal_serial():
     inputs = _mixed_inputs()
     reward._cache.clear()
-    serial = [compute_score(ds, resp, gold) for ds, resp, gold in inputs]
+    serial = [compute_score(ds, resp, gold, **SLACK) for ds, resp, gold in inputs]
     reward._cache.clear()  # make the threaded run do the same sympy work again
     with ThreadPoolExecutor(max_workers=16) as executor:
-        threaded = list(executor.map(lambda args: compute_score(*args), inputs))
+        threaded = list(executor.map(lambda args: compute_score(*args, **SLACK), inputs))
     assert threaded == serial
     assert sum(r["acc"] for r in serial) > len(serial) // 3
 
 
 def test_asyncio_loop():
     inputs = _mixed_inputs()[:40]
-    serial = [compute_score(ds, resp, gold) for ds, resp, gold in inputs]
+    serial = [compute_score(ds, resp, gold, **SLACK) for ds, resp, gold in inputs]
 
     async def run_all():
-        return await asyncio.gather(*(reward.compute_score_async(ds, resp, gold) for ds, resp, gold in inputs))
+        return await asyncio.gather(*(reward.compute_score_async(ds, resp, gold, **SLACK) for ds, resp, gold in inputs))
 
     assert asyncio.run(run_all()) == serial
 
