@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ if str(REPO) not in sys.path:
 
 CSV_FIELDS = [
     "date_utc",
+    "commit",
     "device",
     "torch",
     "triton",
@@ -54,6 +56,7 @@ CSV_FIELDS = [
     "peak_extra_mib",
     "logits_mib",
     "check",
+    "note",
 ]
 
 
@@ -69,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-rows", type=int, default=8, help="rows compared with the float64 reference")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "torch_path.csv", help="results file")
     parser.add_argument("--no-csv", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="free text for the CSV's note column")
     parser.add_argument("--quick", action="store_true", help="256 rows, 3 repetitions, no CSV (checks the script)")
     return parser
 
@@ -104,6 +108,18 @@ def peak_extra_mib(fn) -> float:
         return float("nan")
     fn()
     return (_status_kib("VmHWM") - base) / 1024.0
+
+
+def commit() -> str:
+    """Short hash of the checkout's HEAD, with "+changes" when aent/ differs from it ("unknown" outside git)."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "aent"], capture_output=True)
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.returncode else "")
 
 
 def make_variants(clamp_ps: List[float]):
@@ -162,6 +178,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     env = environment("cpu", extra=("verl",))
+    env.update(commit=commit(), note=args.note)
     env.update(omp_num_threads=os.environ.get("OMP_NUM_THREADS", "unset"), torch_threads=torch.get_num_threads())
     print(
         f"# {env['device']} | torch {env['torch']} | verl {env['verl']} | OMP_NUM_THREADS={env['omp_num_threads']} "
