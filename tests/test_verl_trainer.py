@@ -1,10 +1,14 @@
-"""The ``aent`` trainer mode on the driver, with stubbed worker groups: per-step injection of the flags and the
-coefficient, the controller fed with the token-weighted clamped entropy, checkpoint save/load of its state."""
+"""The AEnt trainer modes on the driver (``aent``, ``aent_colocate_async``, ``aent_separate_async``: one mixin on each
+of verl's V1 trainers), with stubbed worker groups: the flags and the coefficient carried by the update batch, the
+controller fed with the token-weighted clamped entropy, checkpoint save/load of its state, the refused resume without
+it, PPO with a critic through critic warm-up, and the real loss's metrics through verl's own aggregation."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 
 import pytest
 
@@ -17,19 +21,34 @@ import aent  # noqa: E402
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _config(tmp_path, *overrides):
+# what each AEnt mode needs on top of the recipe to pass verl's own constructor checks of its base trainer
+MODE_OVERRIDES = {
+    "aent": [],
+    "aent_colocate_async": ["trainer.v1.trainer_mode=aent_colocate_async"],
+    "aent_separate_async": [
+        "trainer.v1.trainer_mode=aent_separate_async",
+        "trainer.v1.separate_async.parameter_sync_step=4",  # train_batch_size 512 = 4 x ppo_mini_batch_size 128
+        "actor_rollout_ref.rollout.nnodes=1",
+        "actor_rollout_ref.rollout.n_gpus_per_node=8",
+        "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl",
+    ],
+}
+
+
+def _config(tmp_path, *overrides, recipe="aent_grpo_math"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(
-            config_name="aent_grpo_math", overrides=[f"trainer.default_local_dir={tmp_path}/ckpt", *overrides]
-        )
+        return compose(config_name=recipe, overrides=[f"trainer.default_local_dir={tmp_path}/ckpt", *overrides])
 
 
 class Batch:
     """What the V1 trainer hands to the worker group: a key/value batch reference with ``extra_info``."""
 
+    made = 0
+
     def __init__(self):
+        Batch.made += 1
         self.extra_info = {}
-        self.keys = [f"k{i}" for i in range(4)]
+        self.keys = [f"b{Batch.made}k{i}" for i in range(4)]
         self.tags = [{} for _ in range(4)]
         self.partition_id = "train"
 
@@ -37,15 +56,23 @@ class Batch:
 class StubActorWorkerGroup:
     """Answers ``update_actor`` as verl's workers do: per-mini-batch metric lists (here two mini-batches)."""
 
-    def __init__(self, script):
+    def __init__(self, script, trainer=None):
         self.script = list(script)  # per update: (entropy sums, token counts) of its mini-batches
+        self.trainer = trainer
         self.update_batches, self.loss_fns, self.saved, self.loaded = [], [], [], []
+        self.extra_info_types = []
 
     def set_loss_fn(self, loss_fn):
         self.loss_fns.append(loss_fn)
 
     def update_actor(self, batch):
+        # the trainer's worker-group attribute is this object during the call (no swapped proxy)
+        assert self.trainer is None or self.trainer.actor_rollout_wg is self
         self.update_batches.append(dict(batch.extra_info))
+        # what the workers receive: verl deep-copies extra_info when it splits the batch, Ray pickles it
+        self.extra_info_types.append(
+            (type(copy.deepcopy(batch.extra_info)), type(pickle.loads(pickle.dumps(batch.extra_info))))
+        )
         sums, tokens = self.script.pop(0)
         return {
             "metrics": {
@@ -79,10 +106,11 @@ class StubDataLoader:
 
 
 def _trainer(cfg, script):
-    from aent.verl.trainer import AEntTrainer
+    from verl.trainer.ppo.v1 import get_trainer_cls
 
-    trainer = AEntTrainer(cfg)  # the real constructor: checks, controller, verl's own sync-trainer set-up
-    trainer.actor_rollout_wg = StubActorWorkerGroup(script)
+    # the real constructor of the mode's registered class: checks, controller, verl's own trainer set-up
+    trainer = get_trainer_cls(cfg.trainer.v1.trainer_mode)(cfg)
+    trainer.actor_rollout_wg = StubActorWorkerGroup(script, trainer)
     trainer.train_dataloader = StubDataLoader()
     trainer.distillation_config = None
     trainer.global_steps = 1
@@ -92,23 +120,33 @@ def _trainer(cfg, script):
 @pytest.fixture
 def one_update_per_step(monkeypatch):
     """Runs verl's real ``PPOTrainer.step`` with the rollout/reward/advantage stages reduced to the actor update."""
+    from verl.trainer.ppo.v1 import PPOTrainerSeparateAsync
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
     def step_once(self, metrics, timing_raw, sample_batch_size):
         return self._update_actor(Batch(), metrics)
 
     monkeypatch.setattr(PPOTrainer, "_step_once", step_once)
-    monkeypatch.setattr(PPOTrainer, "prepare_step", lambda self: {})
+    for cls in (PPOTrainer, PPOTrainerSeparateAsync):  # the latter waits for its rollout pool there
+        monkeypatch.setattr(cls, "prepare_step", lambda self: {})
 
 
-def test_mode_is_registered_and_runs_as_sync(tmp_path):
-    from verl.trainer.ppo.v1 import get_trainer_cls
+@pytest.mark.parametrize("mode", sorted(MODE_OVERRIDES))
+def test_each_mode_is_registered_on_its_verl_trainer_and_runs_under_its_name(tmp_path, mode):
+    from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, get_trainer_cls
 
-    from aent.verl.trainer import AEntTrainer
+    from aent.verl.checks import AENT_MODES
+    from aent.verl.trainer import AEntTrainerMixin
 
-    assert get_trainer_cls("aent") is AEntTrainer
-    trainer = _trainer(_config(tmp_path), [])
-    assert trainer.trainer_mode == "sync"  # verl's base class branches on "sync"
+    verl_base = {"sync": PPOTrainerSync, "colocate_async": PPOTrainerColocateAsync}.get(
+        AENT_MODES[mode], PPOTrainerSeparateAsync
+    )
+    cls = get_trainer_cls(mode)
+    assert cls.__mro__[1:3] == (AEntTrainerMixin, verl_base)  # one piece of AEnt logic in front of verl's trainer
+    trainer = _trainer(_config(tmp_path, *MODE_OVERRIDES[mode]), [])
+    assert trainer.trainer_mode == AENT_MODES[mode]  # verl's base classes branch on their own mode name
+    expected_sync_steps = 4 if mode == "aent_separate_async" else 1
+    assert trainer.parameter_sync_step == expected_sync_steps  # read from trainer.v1.<verl mode>
 
 
 def test_loss_is_installed_once_after_init(tmp_path):
@@ -132,27 +170,42 @@ def test_loss_is_installed_once_after_init(tmp_path):
     assert trainer.checkpoint_manager.updated == [1]  # verl's sync on_init_end still runs
 
 
-def test_step_flags_and_controller_update(tmp_path, one_update_per_step):
+@pytest.mark.parametrize("mode", sorted(MODE_OVERRIDES))
+def test_step_flags_and_controller_update(tmp_path, one_update_per_step, mode):
+    """One controller update per global step from the token-weighted entropy of ALL its updates (separate_async runs
+    parameter_sync_step=4 updates per step); the coefficient travels with each update batch."""
     # warmup 0 so the controller moves from step 1; entropies below the band make the coefficient rise
-    script = [([10.0, 30.0], [100.0, 300.0]), ([5.0, 50.0], [200.0, 300.0]), ([90.0, 90.0], [300.0, 300.0])]
-    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), script)
+    per_step = [([10.0, 30.0], [100.0, 300.0]), ([5.0, 50.0], [200.0, 300.0]), ([90.0, 90.0], [300.0, 300.0])]
+    updates = 4 if mode == "aent_separate_async" else 1
+    # each update of a step gets its own measurements: scaled copies, so the token weighting matters
+    script = [
+        ([x * (u + 1) for x in sums], [t * (2 * u + 1) for t in tokens])
+        for sums, tokens in per_step
+        for u in range(updates)
+    ]
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), script)
     reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
-    for step, (sums, tokens) in enumerate(script, start=1):
+    for step in range(1, len(per_step) + 1):
         trainer.global_steps = step
         metrics = {}
         coef_sent = reference.value
         trainer.step(metrics, {})
-        sent = trainer.actor_rollout_wg.update_batches[-1]
-        assert sent["aent_coef"] == coef_sent
-        assert sent["distillation_use_topk"] is True and sent["calculate_entropy"] is True
-        assert sent["distillation_only"] is False
-        assert sent["global_batch_size"] == 128 * 16  # verl's own values are still there
-        measured = sum(sums) / sum(tokens)  # token-weighted over the mini-batches
+        step_updates = script[(step - 1) * updates : step * updates]
+        sent = trainer.actor_rollout_wg.update_batches[-updates:]
+        assert len(trainer.actor_rollout_wg.update_batches) == step * updates
+        for extra in sent:
+            assert extra["aent_coef"] == coef_sent  # one coefficient for all updates of the step
+            assert extra["distillation_use_topk"] is True and extra["calculate_entropy"] is True
+            assert extra["distillation_only"] is False
+            assert extra["global_batch_size"] == 128 * 16  # verl's own values are still there
+        assert all(types == (dict, dict) for types in trainer.actor_rollout_wg.extra_info_types)
+        measured = sum(sum(s) for s, _ in step_updates) / sum(sum(t) for _, t in step_updates)
         reference.update(measured, step)
         assert metrics["actor/aent_clamped_entropy"] == pytest.approx(measured, rel=1e-12)
         assert metrics["actor/aent_coef"] == coef_sent
         assert metrics["actor/aent_coef_next"] == pytest.approx(reference.value, rel=1e-12)
         assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12)
+        assert trainer.coefficient.num_updates == step  # once per global step, not once per update
     assert trainer.coefficient.value != 0.002
 
 
@@ -222,12 +275,40 @@ def test_resume_with_another_kind_of_coefficient_is_refused(tmp_path):
         constant._load_checkpoint()
 
 
-def test_resume_from_a_checkpoint_without_controller_state_warns(tmp_path, caplog):
-    trainer = _trainer(_config(tmp_path), [])
+def test_resume_without_controller_state_stops_unless_the_user_opts_in(tmp_path, caplog):
+    from aent.verl.checks import StartupError
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
     trainer._save_checkpoint()
-    os.remove(tmp_path / "ckpt" / "global_step_1" / "aent_controller.json")
-    resumed = _trainer(_config(tmp_path), [])
-    with caplog.at_level("WARNING"):
+    os.remove(tmp_path / "ckpt" / "global_step_1" / "aent_controller.json")  # e.g. a checkpoint of a GRPO run
+    resumed = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
+    with pytest.raises(StartupError) as info:
         resumed._load_checkpoint()
-    assert resumed.coefficient.value == 0.002
-    assert "without aent_controller.json" in caplog.text
+    msg = str(info.value)
+    assert "aent_controller.json" in msg and "aent.resume_without_controller=true" in msg
+    assert "trainer.resume_mode=disable" in msg and "past the warm-up" in msg
+
+    opted_in = _trainer(_config(tmp_path, "aent.warmup_steps=0", "++aent.resume_without_controller=true"), [])
+    with caplog.at_level("WARNING"):
+        opted_in._load_checkpoint()
+    assert opted_in.global_steps == 1 and opted_in.coefficient.value == 0.002  # coef_init
+    assert "aent.resume_without_controller=true" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["aent_colocate_async", "aent_separate_async"])
+def test_async_modes_checkpoint_and_restore_the_controller(tmp_path, one_update_per_step, mode, monkeypatch):
+    import transfer_queue as tq
+
+    saved_tq = []
+    monkeypatch.setattr(tq, "save_checkpoint", lambda path, metadata=None: saved_tq.append(path))  # no TQ service
+    updates = 4 if mode == "aent_separate_async" else 1
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), [([1.0], [100.0])] * updates)
+    trainer.step({}, {})
+    trainer._save_checkpoint()
+    assert saved_tq  # verl's async checkpoint path ran (its TransferQueue state) next to the controller file
+    saved = trainer.coefficient.state_dict()
+    assert saved["value"] != 0.002
+    resumed = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), [])
+    monkeypatch.setattr(os.path, "exists", lambda p, _exists=os.path.exists: _exists(p) and "transfer_queue" not in p)
+    resumed._load_checkpoint()
+    assert resumed.coefficient.state_dict() == saved
