@@ -55,18 +55,24 @@ def register_trainer_mode() -> bool:
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a module is imported (the normal machinery loads it); one shot per module."""
+    """Runs a callback right after a module is executed by an import (the normal machinery finds and loads it).
+
+    A hook is used up only when its module is really executed as that module: ``python -m <module>`` looks the spec
+    up but runs the code as ``__main__`` (the hook then stays for a later real import).
+    """
 
     def __init__(self, hooks):
         self.hooks = dict(hooks)  # module name -> callback(module)
+        self._resolving = set()
 
     def find_spec(self, fullname, path=None, target=None):
-        hook = self.hooks.pop(fullname, None)
-        if hook is None:
+        if fullname not in self.hooks or fullname in self._resolving:
             return None
-        if not self.hooks and self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)  # the hook is popped: this finder does not answer again
+        self._resolving.add(fullname)
+        try:
+            spec = importlib.util.find_spec(fullname)  # the other finders' answer
+        finally:
+            self._resolving.discard(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader = spec.loader
@@ -74,7 +80,11 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             original(module)
-            hook(module)
+            hook = self.hooks.pop(fullname, None)
+            if not self.hooks and self in sys.meta_path:
+                sys.meta_path.remove(self)
+            if hook is not None:
+                hook(module)
 
         loader.exec_module = exec_module
         return spec
