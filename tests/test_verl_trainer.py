@@ -312,3 +312,220 @@ def test_async_modes_checkpoint_and_restore_the_controller(tmp_path, one_update_
     monkeypatch.setattr(os.path, "exists", lambda p, _exists=os.path.exists: _exists(p) and "transfer_queue" not in p)
     resumed._load_checkpoint()
     assert resumed.coefficient.state_dict() == saved
+
+
+def test_ppo_with_a_critic_through_critic_warmup_and_an_aent_step(tmp_path):
+    """The GAE recipe (critic on) in verl's real ``_step_once``: step 1 trains only the critic (critic_warmup=2), so
+    nothing is measured and the controller stays; step 2 updates the critic, then the actor with AEnt."""
+    from types import SimpleNamespace
+
+    cfg = _config(tmp_path, "trainer.critic_warmup=2", "aent.warmup_steps=0", recipe="aent_ppo_math")
+    assert cfg.algorithm.adv_estimator == "gae" and cfg.critic.enable
+    trainer = _trainer(cfg, [([12.0, 4.0], [100.0, 60.0])])
+    assert trainer.use_critic
+    calls = []
+
+    class StubCriticWorkerGroup:
+        def train_mini_batch(self, batch):
+            calls.append(("critic", trainer.global_steps))
+            return SimpleNamespace(get=lambda: {"metrics": {"mfu": [0.5, 0.5], "vf_loss": [0.3, 0.1]}})
+
+    def stage(name):
+        def run(batch, metrics=None):
+            calls.append((name, trainer.global_steps))
+            return batch
+
+        return run
+
+    trainer.critic_wg = StubCriticWorkerGroup()
+    trainer.replay_buffer = SimpleNamespace(sample=lambda global_steps, partition_id, batch_size: (Batch(), {}))
+    trainer.reward_loop_manager = SimpleNamespace(reward_loop_worker_handles=["reward workers"])  # not colocated
+    trainer.checkpoint_manager = SimpleNamespace(sleep_replicas=lambda: None)
+    trainer.curr_step_profile = False
+    trainer.prepare_step = lambda: {}
+    for name in ("_balance_batch", "_compute_old_log_prob", "_compute_values", "_compute_advantage"):
+        setattr(trainer, name, stage(name))
+
+    trainer.global_steps = 1
+    metrics = {}
+    trainer.step(metrics, {})
+    assert ("critic", 1) in calls and ("_compute_values", 1) in calls
+    assert trainer.actor_rollout_wg.update_batches == []  # critic warm-up: no actor update
+    assert metrics["critic/vf_loss"] == pytest.approx(0.2)
+    assert "actor/aent_clamped_entropy" not in metrics
+    assert trainer.coefficient.value == 0.002 and trainer.coefficient.num_updates == 0
+
+    trainer.global_steps = 2
+    metrics = {}
+    trainer.step(metrics, {})
+    assert ("critic", 2) in calls
+    (sent,) = trainer.actor_rollout_wg.update_batches
+    assert sent["aent_coef"] == 0.002 and sent["distillation_use_topk"] is True
+    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference.update(16.0 / 160.0, 2)
+    assert metrics["actor/aent_clamped_entropy"] == pytest.approx(0.1, rel=1e-12)
+    assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12) and reference.value > 0.002
+
+
+class _Workers:
+    """Two emulated data-parallel actor ranks running the REAL AEnt loss (``AEntPolicyLoss.loss``, verl's
+    ``ppo_loss`` inside) on real micro-batches, with verl 0.9.1's own metric plumbing around it."""
+
+    P = 3  # prompt tokens per sequence
+
+    def __init__(self, trainer, mini_batches):
+        from verl.workers.config import FSDPActorConfig
+
+        from aent.verl.loss import AEntPolicyLoss
+
+        self.trainer = trainer
+        self.mini_batches = mini_batches  # [mini-batch][rank][micro-batch] -> response lengths
+        self.loss = AEntPolicyLoss(
+            FSDPActorConfig(
+                strategy="fsdp2",
+                ppo_mini_batch_size=4,
+                ppo_micro_batch_size_per_gpu=2,
+                rollout_n=1,
+                loss_agg_mode="token-mean",
+            ),
+            0.3,
+        )
+        self.gen = __import__("torch").Generator().manual_seed(0)
+        self.response_entropies = []  # every response token's clamped entropy the loss saw
+
+    def micro_batch(self, resp_lens, flags, batch_num_tokens, global_batch_size):
+        import torch
+        from tensordict import TensorDict
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+        from aent.verl.loss import CLAMPED_ENTROPY_KEY
+
+        bs, P, R = len(resp_lens), self.P, max(resp_lens)
+        attn = torch.zeros(bs, P + R, dtype=torch.long)
+        attn[:, :P] = 1
+        for i, n in enumerate(resp_lens):
+            attn[i, P : P + n] = 1
+        td = TensorDict(
+            {
+                "input_ids": torch.randint(3, 300, (bs, P + R), generator=self.gen),
+                "attention_mask": attn,
+                "position_ids": (attn.cumsum(-1) - 1).clamp_min(0),
+                "response_mask": attn[:, P:].clone(),
+                "prompts": torch.randint(3, 300, (bs, P), generator=self.gen),
+                "responses": torch.randint(3, 300, (bs, R), generator=self.gen),
+                "old_log_probs": -torch.rand(bs, R, generator=self.gen),
+                "advantages": torch.randn(bs, R, generator=self.gen),
+            },
+            batch_size=[bs],
+        )
+        td = left_right_2_no_padding(td)
+        # what verl's FSDP engine puts on every micro-batch (forward_backward_batch), plus the trainer's flags
+        tu.assign_non_tensor(
+            td,
+            dp_size=2,
+            batch_num_tokens=batch_num_tokens,
+            global_batch_size=global_batch_size,
+            use_dynamic_bsz=False,
+            **flags,
+        )
+        nnz = int(td["input_ids"].values().numel())
+        # entropies on a 1/8 grid: float32 sums of them are exact, so the expected mean is exact too
+        ent = torch.randint(0, 24, (nnz,), generator=self.gen).float() / 8
+        model_output = {"log_probs": -torch.rand(nnz, generator=self.gen), CLAMPED_ENTROPY_KEY: ent}
+        mask = td["response_mask"]
+        mask = mask.to_padded_tensor(0) if mask.is_nested else mask
+        response = no_padding_2_padding(ent, td)[mask.bool()]
+        assert response.numel() == sum(resp_lens)
+        self.response_entropies.append(response.double())
+        return td, model_output
+
+    def update_actor(self, batch):
+        from itertools import chain
+
+        from verl.utils.metric import Metric
+        from verl.utils.py_functional import append_to_dict
+        from verl.workers.engine.utils import postprocess_batch_func
+
+        assert self.trainer.actor_rollout_wg is self
+        from aent.verl.loss import aent_step_flags
+
+        flags = {key: batch.extra_info[key] for key in aent_step_flags(0.0)}  # what the trainer put on the batch
+        worker_metrics = {}
+        for ranks in self.mini_batches:
+            batch_num_tokens = sum(sum(lens) for micro in ranks for lens in micro)  # all-reduced over dp ranks
+            global_batch_size = sum(len(lens) for micro in ranks for lens in micro)  # sequences, all ranks
+            per_rank = []
+            for micro_batches in ranks:
+                outputs = []
+                for lens in micro_batches:
+                    td, model_output = self.micro_batch(lens, flags, batch_num_tokens, global_batch_size)
+                    loss, metrics = self.loss(model_output=model_output, data=td)  # the engine's loss call
+                    outputs.append({"loss": loss.detach(), "metrics": metrics})
+                # the engine's own per-rank aggregation over micro-batches
+                per_rank.append(postprocess_batch_func(outputs, None, td)["metrics"])
+            # TrainingWorker._postprocess_output all-gathers the metric dict over the dp group: one entry per rank,
+            # in rank order (emulated here; the collective needs two processes)
+            gathered = {key: [rank[key] for rank in per_rank] for key in per_rank[0]}
+            gathered["mfu"] = 0.5
+            # verl 0.9.1 TrainingWorker.train_mini_batch: flatten dp and micro-batches, one value per mini-batch
+            for key, val in gathered.items():
+                if isinstance(val, list):
+                    gathered[key] = Metric.aggregate_dp(val) if isinstance(val[0], Metric) else list(chain(*val))
+            append_to_dict(worker_metrics, gathered)
+        return {"metrics": worker_metrics}
+
+
+def test_real_loss_metrics_through_verls_aggregation_give_the_controller_the_exact_token_mean(
+    tmp_path, one_update_per_step
+):
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
+    # two mini-batches; in each, rank 0 has many more response tokens than rank 1; two micro-batches per rank
+    mini_batches = [
+        [[[6, 5], [6, 6]], [[1, 2], [1, 1]]],
+        [[[3, 6], [5, 4]], [[2, 1], [1, 2]]],
+    ]
+    trainer.actor_rollout_wg = workers = _Workers(trainer, mini_batches)
+    metrics = {}
+    trainer.step(metrics, {})
+
+    import torch
+
+    every_token = torch.cat(workers.response_entropies)
+    exact = float(every_token.mean())  # float64 over every response token of both ranks and both mini-batches
+    assert trainer.coefficient.last_entropy == pytest.approx(exact, rel=1e-12, abs=0)
+    assert metrics["actor/aent_clamped_entropy"] == pytest.approx(exact, rel=1e-12, abs=0)
+    assert trainer.coefficient.num_updates == 1
+    # the unweighted mean of the per-micro-batch means is a different number: the weighting is what is tested
+    per_micro = [float(t.mean()) for t in workers.response_entropies]
+    assert abs(sum(per_micro) / len(per_micro) - exact) > 1e-3
+
+
+def test_warmup_steps_means_the_same_steps_in_verl_and_in_the_readme_loop(tmp_path, one_update_per_step):
+    """verl counts global steps from 1; the README's loop enumerates from 1 too. With warmup_steps=3 the steps 1-3
+    train with coef_init, the controller first moves the coefficient after step 3, and step 4 is the first to use a
+    moved value, in both."""
+    entropies = [0.05, 0.06, 0.07, 0.08, 0.09, 0.10]  # below the band: the coefficient rises once it may move
+    readme = open(os.path.join(os.path.dirname(CONFIG_DIR), "README.md")).read()
+    assert "for step, batch in enumerate(loader, start=1):" in readme
+    assert 'coef.update(m["clamped_entropy"], step)' in readme
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=3"), [([h * 100], [100.0]) for h in entropies])
+    used_by_verl = []
+    for step in range(1, len(entropies) + 1):
+        trainer.global_steps = step
+        metrics = {}
+        trainer.step(metrics, {})
+        used_by_verl.append(metrics["actor/aent_coef"])
+
+    coef = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=3
+    )
+    used_by_loop = []
+    for step, h in enumerate(entropies, start=1):  # the README's loop: one batch per step
+        used_by_loop.append(coef.value)
+        coef.update(h, step)
+
+    assert used_by_verl == pytest.approx(used_by_loop, rel=1e-12)
+    first_moved = [step for step, c in enumerate(used_by_verl, start=1) if c != 0.002][0]
+    assert first_moved == 4
