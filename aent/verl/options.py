@@ -98,12 +98,12 @@ class AEntOptions:
 
     def __post_init__(self) -> None:
         # one validation for the core, the verl loss and these options: aent.validate
-        for name in ("clamp_p", "coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
-            finite_number(f"aent.{name}", getattr(self, name))
         check_clamp_p("aent.clamp_p", self.clamp_p)
+        for name in ("coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
+            finite_number(f"aent.{name}", getattr(self, name))
         check_steps("aent.warmup_steps", self.warmup_steps)
         check_chunk_size("aent.chunk_size", self.chunk_size)
-        check_nonnegative("aent.lr", self.lr, "0 keeps the coefficient constant at aent.coef_init")
+        check_nonnegative("aent.lr", self.lr, "0 keeps the coefficient constant")
         if self.adaptive:
             check_band("aent.entropy_low", self.entropy_low, "aent.entropy_high", self.entropy_high)
             check_bounds(
