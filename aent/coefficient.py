@@ -14,13 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
+from aent.validate import check_band, check_bounds, check_nonnegative, check_steps, finite_number
+
 __all__ = ["AdaptiveCoefficient", "ConstantCoefficient", "coefficient_from_state"]
-
-
-def _finite_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 class AdaptiveCoefficient:
@@ -58,37 +54,11 @@ class AdaptiveCoefficient:
         warmup_steps: int = 0,
         reg: float = 0.0,
     ) -> None:
-        self.init = _finite_number("init", init)
-        self.entropy_low = _finite_number("entropy_low", entropy_low)
-        self.entropy_high = _finite_number("entropy_high", entropy_high)
-        self.lr = _finite_number("lr", lr)
-        self.coef_min = _finite_number("coef_min", coef_min)
-        self.coef_max = _finite_number("coef_max", coef_max)
-        self.reg = _finite_number("reg", reg)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative integer, got {warmup_steps!r}")
-        self.warmup_steps = warmup_steps
-        if self.entropy_low > self.entropy_high:
-            raise ValueError(
-                f"entropy_low ({self.entropy_low}) must not exceed entropy_high ({self.entropy_high}): "
-                "the entropy band is inverted; swap the two values"
-            )
-        if self.entropy_low < 0:
-            raise ValueError(f"entropy_low must be >= 0 nats (an entropy is never negative), got {self.entropy_low}")
-        if self.lr < 0:
-            raise ValueError(f"lr must be >= 0 (0 keeps the coefficient constant), got {self.lr}")
-        if self.reg < 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg}")
-        if self.coef_min < 0:
-            raise ValueError(
-                f"coef_min must be >= 0 (a negative coefficient would minimise entropy), got {self.coef_min}"
-            )
-        if self.coef_min > self.coef_max:
-            raise ValueError(f"coef_min ({self.coef_min}) must not exceed coef_max ({self.coef_max})")
-        if not (self.coef_min <= self.init <= self.coef_max):
-            raise ValueError(
-                f"init ({self.init}) must lie inside [coef_min, coef_max] = [{self.coef_min}, {self.coef_max}]"
-            )
+        self.entropy_low, self.entropy_high = check_band("entropy_low", entropy_low, "entropy_high", entropy_high)
+        self.lr = check_nonnegative("lr", lr, "0 keeps the coefficient constant")
+        self.reg = check_nonnegative("reg", reg)
+        self.warmup_steps = check_steps("warmup_steps", warmup_steps)
+        self.init, self.coef_min, self.coef_max = check_bounds("init", init, "coef_min", coef_min, "coef_max", coef_max)
         self.value = self.init
         self.step: Optional[int] = None
         self.last_entropy: Optional[float] = None
@@ -153,7 +123,7 @@ class AdaptiveCoefficient:
             raise ValueError(f"not a coefficient state (expected a dict with 'value'), got {state!r}")
         if state.get("kind", self.kind) != self.kind:
             raise ValueError(f"state was saved by a {state.get('kind')!r} coefficient, this one is {self.kind!r}")
-        value = _finite_number("state['value']", state["value"])
+        value = finite_number("state['value']", state["value"])
         self.value = min(max(value, self.coef_min), self.coef_max)
         step = state.get("step")
         self.step = None if step is None else int(step)
@@ -177,9 +147,7 @@ class ConstantCoefficient(AdaptiveCoefficient):
     kind = "constant"
 
     def __init__(self, value: float) -> None:
-        value = _finite_number("value", value)
-        if value < 0:
-            raise ValueError(f"value must be >= 0 (a negative coefficient would minimise entropy), got {value}")
+        value = check_nonnegative("value", value, "a negative coefficient would minimise entropy")
         super().__init__(init=value, entropy_low=0.0, entropy_high=0.0, lr=0.0, coef_min=value, coef_max=value)
 
     def config(self) -> Dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from aent.validate import check_chunk_size, check_clamp_p
+
 __all__ = ["entropy", "clamped_entropy", "num_removed", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("auto", "reference", "torch", "triton")
@@ -53,15 +55,8 @@ def _check_args(logits: torch.Tensor, clamp_p: float, chunk_size: Optional[int])
         raise ValueError("logits must have at least one dimension (the vocabulary is the last one), got a scalar")
     if logits.shape[-1] == 0:
         raise ValueError(f"logits has an empty vocabulary (last dimension is 0, shape {tuple(logits.shape)})")
-    if isinstance(clamp_p, bool) or not isinstance(clamp_p, (int, float)):
-        raise ValueError(f"clamp_p must be a float in [0, 1) (the removed fraction of the vocabulary), got {clamp_p!r}")
-    if not (0.0 <= float(clamp_p) < 1.0):
-        raise ValueError(
-            f"clamp_p must be in [0, 1) (the fraction of lowest-logit tokens removed; the paper uses 0.25-0.33), "
-            f"got {clamp_p!r}"
-        )
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive number of rows or None (automatic), got {chunk_size!r}")
+    check_clamp_p("clamp_p", clamp_p)
+    check_chunk_size("chunk_size", chunk_size)
 
 
 def _check_row_mask(row_mask: Optional[torch.Tensor], logits: torch.Tensor) -> None:

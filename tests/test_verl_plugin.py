@@ -1,5 +1,6 @@
-"""The ``verl.plugins`` entry point: ``import verl`` alone makes the ``aent`` trainer mode available, in a fresh
-process and in a Ray worker; a plugin that cannot load says so with a warning."""
+"""The ``verl.plugins`` entry point: ``import verl`` alone makes the AEnt trainer modes available, in a fresh process
+and in a Ray worker; a plugin that cannot load says so with a warning. (The start-up guard it installs is tested per
+entry point in test_verl_entry_points.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ CHECK = (
     "import sys, verl\n"
     "assert sys.modules.get('aent.verl.trainer') is None, 'the plugin must not import the V1 trainer eagerly'\n"
     "from verl.trainer.ppo.v1 import get_trainer_cls\n"
-    "print('MODE', get_trainer_cls('aent').__module__, get_trainer_cls('aent').__name__)\n"
+    "for mode in ('aent', 'aent_colocate_async', 'aent_separate_async'):\n"
+    "    print('MODE', mode, get_trainer_cls(mode).__module__, get_trainer_cls(mode).__name__)\n"
 )
 
 
@@ -36,7 +38,9 @@ def test_entry_point_is_in_the_package_metadata():
 def test_import_verl_in_a_fresh_process_registers_the_mode():
     proc = _run(CHECK)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "MODE aent.verl.trainer AEntTrainer" in proc.stdout
+    assert "MODE aent aent.verl.trainer AEntTrainer" in proc.stdout
+    assert "MODE aent_colocate_async aent.verl.trainer AEntTrainerColocateAsync" in proc.stdout
+    assert "MODE aent_separate_async aent.verl.trainer AEntTrainerSeparateAsync" in proc.stdout
     assert "could not register" not in proc.stderr
 
 

@@ -146,6 +146,10 @@ REFUSALS = [
     (["aent.entropy_low=0.5", "aent.entropy_high=0.1"], "entropy_low"),
     (["+aent.bogus=1"], "bogus"),
     (["aent.warmup_steps=-1"], "aent.warmup_steps"),
+    (["aent.lr=-0.1"], "aent.lr"),
+    (["aent.chunk_size=0"], "aent.chunk_size"),
+    (["aent.coef_min=0.01", "aent.coef_max=0.001"], "aent.coef_min"),
+    (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode=aent_colocate_async"),
 ]
 
 
@@ -188,7 +192,39 @@ def test_the_trainer_refuses_before_building_anything():
     assert cfg.trainer.v1.trainer_mode == "aent"  # untouched: nothing ran past the checks
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_ppo_recipe_has_a_critic_and_the_aent_settings(monkeypatch, tmp_path):
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.workers.config import FSDPActorConfig
+
+    from aent.verl.checks import check_config
+    from aent.verl.testing import build_tiny_qwen2
+
+    monkeypatch.setenv("AENT_DATA_DIR", "/data/aent")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # verl's validate_config builds the critic's dataclass, which reads the model's config: a tiny local model
+    model = build_tiny_qwen2(str(tmp_path / "model"))
+    cfg = _compose("aent_ppo_math", ["trainer.n_gpus_per_node=8", f"actor_rollout_ref.model.path={model}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.algorithm.adv_estimator == "gae" and need_critic(cfg)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=True)
+    assert isinstance(omega_conf_to_dataclass(cfg.actor_rollout_ref.actor), FSDPActorConfig)
+    assert cfg.critic.enable and cfg.critic.strategy == "fsdp2" and cfg.critic.optim.lr == 1e-5
+    assert cfg.critic.model.path == cfg.actor_rollout_ref.model.path and cfg.trainer.critic_warmup == 5
+    assert check_config(cfg) == check_config(_compose("aent_grpo_math"))  # the same AEnt options as setting (a)
+
+
+def test_unknown_option_lists_every_option_with_its_help():
+    from aent.verl.checks import StartupError, check_config
+    from aent.verl.options import options_help
+
+    with pytest.raises(StartupError) as info:
+        check_config(_compose("aent_grpo_math", ["+aent.clamp=0.3"]))
+    assert "['clamp']" in str(info.value) and options_help() in str(info.value)
+    assert "aent.resume_without_controller (default False)" in options_help()
+
+
+@pytest.mark.parametrize("recipe", RECIPES + ("aent_ppo_math",))
 def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
     import shlex
     import subprocess

@@ -1,10 +1,14 @@
-"""The ``aent`` trainer mode on the driver, with stubbed worker groups: per-step injection of the flags and the
-coefficient, the controller fed with the token-weighted clamped entropy, checkpoint save/load of its state."""
+"""The AEnt trainer modes on the driver (``aent``, ``aent_colocate_async``, ``aent_separate_async``: one mixin on each
+of verl's V1 trainers), with stubbed worker groups: the flags and the coefficient carried by the update batch, the
+controller fed with the token-weighted clamped entropy, checkpoint save/load of its state, the refused resume without
+it, PPO with a critic through critic warm-up, and the real loss's metrics through verl's own aggregation."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 
 import pytest
 
@@ -17,19 +21,34 @@ import aent  # noqa: E402
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def _config(tmp_path, *overrides):
+# what each AEnt mode needs on top of the recipe to pass verl's own constructor checks of its base trainer
+MODE_OVERRIDES = {
+    "aent": [],
+    "aent_colocate_async": ["trainer.v1.trainer_mode=aent_colocate_async"],
+    "aent_separate_async": [
+        "trainer.v1.trainer_mode=aent_separate_async",
+        "trainer.v1.separate_async.parameter_sync_step=4",  # train_batch_size 512 = 4 x ppo_mini_batch_size 128
+        "actor_rollout_ref.rollout.nnodes=1",
+        "actor_rollout_ref.rollout.n_gpus_per_node=8",
+        "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl",
+    ],
+}
+
+
+def _config(tmp_path, *overrides, recipe="aent_grpo_math"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(
-            config_name="aent_grpo_math", overrides=[f"trainer.default_local_dir={tmp_path}/ckpt", *overrides]
-        )
+        return compose(config_name=recipe, overrides=[f"trainer.default_local_dir={tmp_path}/ckpt", *overrides])
 
 
 class Batch:
     """What the V1 trainer hands to the worker group: a key/value batch reference with ``extra_info``."""
 
+    made = 0
+
     def __init__(self):
+        Batch.made += 1
         self.extra_info = {}
-        self.keys = [f"k{i}" for i in range(4)]
+        self.keys = [f"b{Batch.made}k{i}" for i in range(4)]
         self.tags = [{} for _ in range(4)]
         self.partition_id = "train"
 
@@ -37,15 +56,23 @@ class Batch:
 class StubActorWorkerGroup:
     """Answers ``update_actor`` as verl's workers do: per-mini-batch metric lists (here two mini-batches)."""
 
-    def __init__(self, script):
+    def __init__(self, script, trainer=None):
         self.script = list(script)  # per update: (entropy sums, token counts) of its mini-batches
+        self.trainer = trainer
         self.update_batches, self.loss_fns, self.saved, self.loaded = [], [], [], []
+        self.extra_info_types = []
 
     def set_loss_fn(self, loss_fn):
         self.loss_fns.append(loss_fn)
 
     def update_actor(self, batch):
+        # the trainer's worker-group attribute is this object during the call (no swapped proxy)
+        assert self.trainer is None or self.trainer.actor_rollout_wg is self
         self.update_batches.append(dict(batch.extra_info))
+        # what the workers receive: verl deep-copies extra_info when it splits the batch, Ray pickles it
+        self.extra_info_types.append(
+            (type(copy.deepcopy(batch.extra_info)), type(pickle.loads(pickle.dumps(batch.extra_info))))
+        )
         sums, tokens = self.script.pop(0)
         return {
             "metrics": {
@@ -79,10 +106,11 @@ class StubDataLoader:
 
 
 def _trainer(cfg, script):
-    from aent.verl.trainer import AEntTrainer
+    from verl.trainer.ppo.v1 import get_trainer_cls
 
-    trainer = AEntTrainer(cfg)  # the real constructor: checks, controller, verl's own sync-trainer set-up
-    trainer.actor_rollout_wg = StubActorWorkerGroup(script)
+    # the real constructor of the mode's registered class: checks, controller, verl's own trainer set-up
+    trainer = get_trainer_cls(cfg.trainer.v1.trainer_mode)(cfg)
+    trainer.actor_rollout_wg = StubActorWorkerGroup(script, trainer)
     trainer.train_dataloader = StubDataLoader()
     trainer.distillation_config = None
     trainer.global_steps = 1
@@ -92,23 +120,33 @@ def _trainer(cfg, script):
 @pytest.fixture
 def one_update_per_step(monkeypatch):
     """Runs verl's real ``PPOTrainer.step`` with the rollout/reward/advantage stages reduced to the actor update."""
+    from verl.trainer.ppo.v1 import PPOTrainerSeparateAsync
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
     def step_once(self, metrics, timing_raw, sample_batch_size):
         return self._update_actor(Batch(), metrics)
 
     monkeypatch.setattr(PPOTrainer, "_step_once", step_once)
-    monkeypatch.setattr(PPOTrainer, "prepare_step", lambda self: {})
+    for cls in (PPOTrainer, PPOTrainerSeparateAsync):  # the latter waits for its rollout pool there
+        monkeypatch.setattr(cls, "prepare_step", lambda self: {})
 
 
-def test_mode_is_registered_and_runs_as_sync(tmp_path):
-    from verl.trainer.ppo.v1 import get_trainer_cls
+@pytest.mark.parametrize("mode", sorted(MODE_OVERRIDES))
+def test_each_mode_is_registered_on_its_verl_trainer_and_runs_under_its_name(tmp_path, mode):
+    from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, get_trainer_cls
 
-    from aent.verl.trainer import AEntTrainer
+    from aent.verl.checks import AENT_MODES
+    from aent.verl.trainer import AEntTrainerMixin
 
-    assert get_trainer_cls("aent") is AEntTrainer
-    trainer = _trainer(_config(tmp_path), [])
-    assert trainer.trainer_mode == "sync"  # verl's base class branches on "sync"
+    verl_base = {"sync": PPOTrainerSync, "colocate_async": PPOTrainerColocateAsync}.get(
+        AENT_MODES[mode], PPOTrainerSeparateAsync
+    )
+    cls = get_trainer_cls(mode)
+    assert cls.__mro__[1:3] == (AEntTrainerMixin, verl_base)  # one piece of AEnt logic in front of verl's trainer
+    trainer = _trainer(_config(tmp_path, *MODE_OVERRIDES[mode]), [])
+    assert trainer.trainer_mode == AENT_MODES[mode]  # verl's base classes branch on their own mode name
+    expected_sync_steps = 4 if mode == "aent_separate_async" else 1
+    assert trainer.parameter_sync_step == expected_sync_steps  # read from trainer.v1.<verl mode>
 
 
 def test_loss_is_installed_once_after_init(tmp_path):
@@ -132,27 +170,42 @@ def test_loss_is_installed_once_after_init(tmp_path):
     assert trainer.checkpoint_manager.updated == [1]  # verl's sync on_init_end still runs
 
 
-def test_step_flags_and_controller_update(tmp_path, one_update_per_step):
+@pytest.mark.parametrize("mode", sorted(MODE_OVERRIDES))
+def test_step_flags_and_controller_update(tmp_path, one_update_per_step, mode):
+    """One controller update per global step from the token-weighted entropy of ALL its updates (separate_async runs
+    parameter_sync_step=4 updates per step); the coefficient travels with each update batch."""
     # warmup 0 so the controller moves from step 1; entropies below the band make the coefficient rise
-    script = [([10.0, 30.0], [100.0, 300.0]), ([5.0, 50.0], [200.0, 300.0]), ([90.0, 90.0], [300.0, 300.0])]
-    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), script)
+    per_step = [([10.0, 30.0], [100.0, 300.0]), ([5.0, 50.0], [200.0, 300.0]), ([90.0, 90.0], [300.0, 300.0])]
+    updates = 4 if mode == "aent_separate_async" else 1
+    # each update of a step gets its own measurements: scaled copies, so the token weighting matters
+    script = [
+        ([x * (u + 1) for x in sums], [t * (2 * u + 1) for t in tokens])
+        for sums, tokens in per_step
+        for u in range(updates)
+    ]
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), script)
     reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
-    for step, (sums, tokens) in enumerate(script, start=1):
+    for step in range(1, len(per_step) + 1):
         trainer.global_steps = step
         metrics = {}
         coef_sent = reference.value
         trainer.step(metrics, {})
-        sent = trainer.actor_rollout_wg.update_batches[-1]
-        assert sent["aent_coef"] == coef_sent
-        assert sent["distillation_use_topk"] is True and sent["calculate_entropy"] is True
-        assert sent["distillation_only"] is False
-        assert sent["global_batch_size"] == 128 * 16  # verl's own values are still there
-        measured = sum(sums) / sum(tokens)  # token-weighted over the mini-batches
+        step_updates = script[(step - 1) * updates : step * updates]
+        sent = trainer.actor_rollout_wg.update_batches[-updates:]
+        assert len(trainer.actor_rollout_wg.update_batches) == step * updates
+        for extra in sent:
+            assert extra["aent_coef"] == coef_sent  # one coefficient for all updates of the step
+            assert extra["distillation_use_topk"] is True and extra["calculate_entropy"] is True
+            assert extra["distillation_only"] is False
+            assert extra["global_batch_size"] == 128 * 16  # verl's own values are still there
+        assert all(types == (dict, dict) for types in trainer.actor_rollout_wg.extra_info_types)
+        measured = sum(sum(s) for s, _ in step_updates) / sum(sum(t) for _, t in step_updates)
         reference.update(measured, step)
         assert metrics["actor/aent_clamped_entropy"] == pytest.approx(measured, rel=1e-12)
         assert metrics["actor/aent_coef"] == coef_sent
         assert metrics["actor/aent_coef_next"] == pytest.approx(reference.value, rel=1e-12)
         assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12)
+        assert trainer.coefficient.num_updates == step  # once per global step, not once per update
     assert trainer.coefficient.value != 0.002
 
 
@@ -222,12 +275,257 @@ def test_resume_with_another_kind_of_coefficient_is_refused(tmp_path):
         constant._load_checkpoint()
 
 
-def test_resume_from_a_checkpoint_without_controller_state_warns(tmp_path, caplog):
-    trainer = _trainer(_config(tmp_path), [])
+def test_resume_without_controller_state_stops_unless_the_user_opts_in(tmp_path, caplog):
+    from aent.verl.checks import StartupError
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
     trainer._save_checkpoint()
-    os.remove(tmp_path / "ckpt" / "global_step_1" / "aent_controller.json")
-    resumed = _trainer(_config(tmp_path), [])
-    with caplog.at_level("WARNING"):
+    os.remove(tmp_path / "ckpt" / "global_step_1" / "aent_controller.json")  # e.g. a checkpoint of a GRPO run
+    resumed = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
+    with pytest.raises(StartupError) as info:
         resumed._load_checkpoint()
-    assert resumed.coefficient.value == 0.002
-    assert "without aent_controller.json" in caplog.text
+    msg = str(info.value)
+    assert "aent_controller.json" in msg and "aent.resume_without_controller=true" in msg
+    assert "trainer.resume_mode=disable" in msg and "past the warm-up" in msg
+
+    opted_in = _trainer(_config(tmp_path, "aent.warmup_steps=0", "++aent.resume_without_controller=true"), [])
+    with caplog.at_level("WARNING"):
+        opted_in._load_checkpoint()
+    assert opted_in.global_steps == 1 and opted_in.coefficient.value == 0.002  # coef_init
+    assert "aent.resume_without_controller=true" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["aent_colocate_async", "aent_separate_async"])
+def test_async_modes_checkpoint_and_restore_the_controller(tmp_path, one_update_per_step, mode, monkeypatch):
+    import transfer_queue as tq
+
+    saved_tq = []
+    monkeypatch.setattr(tq, "save_checkpoint", lambda path, metadata=None: saved_tq.append(path))  # no TQ service
+    updates = 4 if mode == "aent_separate_async" else 1
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), [([1.0], [100.0])] * updates)
+    trainer.step({}, {})
+    trainer._save_checkpoint()
+    assert saved_tq  # verl's async checkpoint path ran (its TransferQueue state) next to the controller file
+    saved = trainer.coefficient.state_dict()
+    assert saved["value"] != 0.002
+    resumed = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), [])
+    monkeypatch.setattr(os.path, "exists", lambda p, _exists=os.path.exists: _exists(p) and "transfer_queue" not in p)
+    resumed._load_checkpoint()
+    assert resumed.coefficient.state_dict() == saved
+
+
+def test_ppo_with_a_critic_through_critic_warmup_and_an_aent_step(tmp_path):
+    """The GAE recipe (critic on) in verl's real ``_step_once``: step 1 trains only the critic (critic_warmup=2), so
+    nothing is measured and the controller stays; step 2 updates the critic, then the actor with AEnt."""
+    from types import SimpleNamespace
+
+    cfg = _config(tmp_path, "trainer.critic_warmup=2", "aent.warmup_steps=0", recipe="aent_ppo_math")
+    assert cfg.algorithm.adv_estimator == "gae" and cfg.critic.enable
+    trainer = _trainer(cfg, [([12.0, 4.0], [100.0, 60.0])])
+    assert trainer.use_critic
+    calls = []
+
+    class StubCriticWorkerGroup:
+        def train_mini_batch(self, batch):
+            calls.append(("critic", trainer.global_steps))
+            return SimpleNamespace(get=lambda: {"metrics": {"mfu": [0.5, 0.5], "vf_loss": [0.3, 0.1]}})
+
+    def stage(name):
+        def run(batch, metrics=None):
+            calls.append((name, trainer.global_steps))
+            return batch
+
+        return run
+
+    trainer.critic_wg = StubCriticWorkerGroup()
+    trainer.replay_buffer = SimpleNamespace(sample=lambda global_steps, partition_id, batch_size: (Batch(), {}))
+    trainer.reward_loop_manager = SimpleNamespace(reward_loop_worker_handles=["reward workers"])  # not colocated
+    trainer.checkpoint_manager = SimpleNamespace(sleep_replicas=lambda: None)
+    trainer.curr_step_profile = False
+    trainer.prepare_step = lambda: {}
+    for name in ("_balance_batch", "_compute_old_log_prob", "_compute_values", "_compute_advantage"):
+        setattr(trainer, name, stage(name))
+
+    trainer.global_steps = 1
+    metrics = {}
+    trainer.step(metrics, {})
+    assert ("critic", 1) in calls and ("_compute_values", 1) in calls
+    assert trainer.actor_rollout_wg.update_batches == []  # critic warm-up: no actor update
+    assert metrics["critic/vf_loss"] == pytest.approx(0.2)
+    assert "actor/aent_clamped_entropy" not in metrics
+    assert trainer.coefficient.value == 0.002 and trainer.coefficient.num_updates == 0
+
+    trainer.global_steps = 2
+    metrics = {}
+    trainer.step(metrics, {})
+    assert ("critic", 2) in calls
+    (sent,) = trainer.actor_rollout_wg.update_batches
+    assert sent["aent_coef"] == 0.002 and sent["distillation_use_topk"] is True
+    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference.update(16.0 / 160.0, 2)
+    assert metrics["actor/aent_clamped_entropy"] == pytest.approx(0.1, rel=1e-12)
+    assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12) and reference.value > 0.002
+
+
+class _Workers:
+    """Two emulated data-parallel actor ranks running the REAL AEnt loss (``AEntPolicyLoss.loss``, verl's
+    ``ppo_loss`` inside) on real micro-batches, with verl 0.9.1's own metric plumbing around it."""
+
+    P = 3  # prompt tokens per sequence
+
+    def __init__(self, trainer, mini_batches):
+        from verl.workers.config import FSDPActorConfig
+
+        from aent.verl.loss import AEntPolicyLoss
+
+        self.trainer = trainer
+        self.mini_batches = mini_batches  # [mini-batch][rank][micro-batch] -> response lengths
+        self.loss = AEntPolicyLoss(
+            FSDPActorConfig(
+                strategy="fsdp2",
+                ppo_mini_batch_size=4,
+                ppo_micro_batch_size_per_gpu=2,
+                rollout_n=1,
+                loss_agg_mode="token-mean",
+            ),
+            0.3,
+        )
+        self.gen = __import__("torch").Generator().manual_seed(0)
+        self.response_entropies = []  # every response token's clamped entropy the loss saw
+
+    def micro_batch(self, resp_lens, flags, batch_num_tokens, global_batch_size):
+        import torch
+        from tensordict import TensorDict
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+        from aent.verl.loss import CLAMPED_ENTROPY_KEY
+
+        bs, P, R = len(resp_lens), self.P, max(resp_lens)
+        attn = torch.zeros(bs, P + R, dtype=torch.long)
+        attn[:, :P] = 1
+        for i, n in enumerate(resp_lens):
+            attn[i, P : P + n] = 1
+        td = TensorDict(
+            {
+                "input_ids": torch.randint(3, 300, (bs, P + R), generator=self.gen),
+                "attention_mask": attn,
+                "position_ids": (attn.cumsum(-1) - 1).clamp_min(0),
+                "response_mask": attn[:, P:].clone(),
+                "prompts": torch.randint(3, 300, (bs, P), generator=self.gen),
+                "responses": torch.randint(3, 300, (bs, R), generator=self.gen),
+                "old_log_probs": -torch.rand(bs, R, generator=self.gen),
+                "advantages": torch.randn(bs, R, generator=self.gen),
+            },
+            batch_size=[bs],
+        )
+        td = left_right_2_no_padding(td)
+        # what verl's FSDP engine puts on every micro-batch (forward_backward_batch), plus the trainer's flags
+        tu.assign_non_tensor(
+            td,
+            dp_size=2,
+            batch_num_tokens=batch_num_tokens,
+            global_batch_size=global_batch_size,
+            use_dynamic_bsz=False,
+            **flags,
+        )
+        nnz = int(td["input_ids"].values().numel())
+        # entropies on a 1/8 grid: float32 sums of them are exact, so the expected mean is exact too
+        ent = torch.randint(0, 24, (nnz,), generator=self.gen).float() / 8
+        model_output = {"log_probs": -torch.rand(nnz, generator=self.gen), CLAMPED_ENTROPY_KEY: ent}
+        mask = td["response_mask"]
+        mask = mask.to_padded_tensor(0) if mask.is_nested else mask
+        response = no_padding_2_padding(ent, td)[mask.bool()]
+        assert response.numel() == sum(resp_lens)
+        self.response_entropies.append(response.double())
+        return td, model_output
+
+    def update_actor(self, batch):
+        from itertools import chain
+
+        from verl.utils.metric import Metric
+        from verl.utils.py_functional import append_to_dict
+        from verl.workers.engine.utils import postprocess_batch_func
+
+        assert self.trainer.actor_rollout_wg is self
+        from aent.verl.loss import aent_step_flags
+
+        flags = {key: batch.extra_info[key] for key in aent_step_flags(0.0)}  # what the trainer put on the batch
+        worker_metrics = {}
+        for ranks in self.mini_batches:
+            batch_num_tokens = sum(sum(lens) for micro in ranks for lens in micro)  # all-reduced over dp ranks
+            global_batch_size = sum(len(lens) for micro in ranks for lens in micro)  # sequences, all ranks
+            per_rank = []
+            for micro_batches in ranks:
+                outputs = []
+                for lens in micro_batches:
+                    td, model_output = self.micro_batch(lens, flags, batch_num_tokens, global_batch_size)
+                    loss, metrics = self.loss(model_output=model_output, data=td)  # the engine's loss call
+                    outputs.append({"loss": loss.detach(), "metrics": metrics})
+                # the engine's own per-rank aggregation over micro-batches
+                per_rank.append(postprocess_batch_func(outputs, None, td)["metrics"])
+            # TrainingWorker._postprocess_output all-gathers the metric dict over the dp group: one entry per rank,
+            # in rank order (emulated here; the collective needs two processes)
+            gathered = {key: [rank[key] for rank in per_rank] for key in per_rank[0]}
+            gathered["mfu"] = 0.5
+            # verl 0.9.1 TrainingWorker.train_mini_batch: flatten dp and micro-batches, one value per mini-batch
+            for key, val in gathered.items():
+                if isinstance(val, list):
+                    gathered[key] = Metric.aggregate_dp(val) if isinstance(val[0], Metric) else list(chain(*val))
+            append_to_dict(worker_metrics, gathered)
+        return {"metrics": worker_metrics}
+
+
+def test_real_loss_metrics_through_verls_aggregation_give_the_controller_the_exact_token_mean(
+    tmp_path, one_update_per_step
+):
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0"), [])
+    # two mini-batches; in each, rank 0 has many more response tokens than rank 1; two micro-batches per rank
+    mini_batches = [
+        [[[6, 5], [6, 6]], [[1, 2], [1, 1]]],
+        [[[3, 6], [5, 4]], [[2, 1], [1, 2]]],
+    ]
+    trainer.actor_rollout_wg = workers = _Workers(trainer, mini_batches)
+    metrics = {}
+    trainer.step(metrics, {})
+
+    import torch
+
+    every_token = torch.cat(workers.response_entropies)
+    exact = float(every_token.mean())  # float64 over every response token of both ranks and both mini-batches
+    assert trainer.coefficient.last_entropy == pytest.approx(exact, rel=1e-12, abs=0)
+    assert metrics["actor/aent_clamped_entropy"] == pytest.approx(exact, rel=1e-12, abs=0)
+    assert trainer.coefficient.num_updates == 1
+    # the unweighted mean of the per-micro-batch means is a different number: the weighting is what is tested
+    per_micro = [float(t.mean()) for t in workers.response_entropies]
+    assert abs(sum(per_micro) / len(per_micro) - exact) > 1e-3
+
+
+def test_warmup_steps_means_the_same_steps_in_verl_and_in_the_readme_loop(tmp_path, one_update_per_step):
+    """verl counts global steps from 1; the README's loop enumerates from 1 too. With warmup_steps=3 the steps 1-3
+    train with coef_init, the controller first moves the coefficient after step 3, and step 4 is the first to use a
+    moved value, in both."""
+    entropies = [0.05, 0.06, 0.07, 0.08, 0.09, 0.10]  # below the band: the coefficient rises once it may move
+    readme = open(os.path.join(os.path.dirname(CONFIG_DIR), "README.md")).read()
+    assert "for step, batch in enumerate(loader, start=1):" in readme
+    assert 'coef.update(m["clamped_entropy"], step)' in readme
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=3"), [([h * 100], [100.0]) for h in entropies])
+    used_by_verl = []
+    for step in range(1, len(entropies) + 1):
+        trainer.global_steps = step
+        metrics = {}
+        trainer.step(metrics, {})
+        used_by_verl.append(metrics["actor/aent_coef"])
+
+    coef = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=3
+    )
+    used_by_loop = []
+    for step, h in enumerate(entropies, start=1):  # the README's loop: one batch per step
+        used_by_loop.append(coef.value)
+        coef.update(h, step)
+
+    assert used_by_verl == pytest.approx(used_by_loop, rel=1e-12)
+    first_moved = [step for step, c in enumerate(used_by_verl, start=1) if c != 0.002][0]
+    assert first_moved == 4

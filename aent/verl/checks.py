@@ -1,17 +1,43 @@
-"""Start-up checks of a verl config that selects AEnt, run on the driver before any worker or GPU is touched.
+"""Start-up checks of a verl config that asks for AEnt, run on the driver before any worker or GPU is touched.
 
-Light on purpose (omegaconf only): the plugin also runs them from verl's ``validate_config``, before Ray starts.
+A config asks for AEnt when it selects one of the AEnt trainer modes (:data:`AENT_MODES`) or carries an ``aent:``
+block. :func:`check_start` is the guard of every verl 0.9.1 training entry point: such a config either passes (and
+trains with AEnt) or stops here with a message naming the key and the fix; it is never trained without AEnt.
+
+Light on purpose (omegaconf only): the plugin runs these checks from verl's ``validate_config`` and ``run_ppo``,
+before Ray starts.
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 from aent.verl.options import AEntOptions, options_from_config
 
-__all__ = ["TRAINER_MODE", "StartupError", "check_config", "selects_aent"]
+__all__ = [
+    "AENT_MODES",
+    "ENTRY_POINTS",
+    "TRAINER_MODE",
+    "StartupError",
+    "check_config",
+    "check_start",
+    "selects_aent",
+    "wants_aent",
+]
 
 TRAINER_MODE = "aent"
+# AEnt trainer mode -> the verl V1 trainer mode it extends (both spelled as trainer.v1.trainer_mode values)
+AENT_MODES = {"aent": "sync", "aent_colocate_async": "colocate_async", "aent_separate_async": "separate_async"}
+_AENT_MODE_OF = {verl_mode: mode for mode, verl_mode in AENT_MODES.items()}
+
+# verl 0.9.1's training entry points, by the Ray task runner each hands to verl.trainer.main_ppo.run_ppo
+ENTRY_POINTS = {
+    "TaskRunnerV1": "python -m verl.trainer.main_ppo",
+    "TaskRunner": "python -m verl.trainer.main_ppo trainer.use_v1=false",
+    "OneStepTaskRunner": "python -m verl.experimental.one_step_off_policy.main_ppo",
+    "FullyAsyncTaskRunner": "python -m verl.experimental.fully_async_policy.fully_async_main",
+}
+_MODES_TEXT = ", ".join(f"{mode} (verl's {verl_mode})" for mode, verl_mode in AENT_MODES.items())
 
 
 class StartupError(ValueError):
@@ -29,8 +55,47 @@ def _select(config: Any, key: str, default: Any = None) -> Any:
 
 
 def selects_aent(config: Any) -> bool:
-    """True when the config asks for the ``aent`` trainer mode."""
-    return _select(config, "trainer.v1.trainer_mode") == TRAINER_MODE
+    """True when ``trainer.v1.trainer_mode`` is one of the AEnt modes."""
+    return _select(config, "trainer.v1.trainer_mode") in AENT_MODES
+
+
+def wants_aent(config: Any) -> bool:
+    """True when the config selects an AEnt mode or carries a top-level ``aent:`` block."""
+    return selects_aent(config) or (hasattr(config, "get") and config.get("aent", None) is not None)
+
+
+def check_start(config: Any, task_runner: str = "TaskRunnerV1") -> Optional[AEntOptions]:
+    """The start-up guard of a verl training run, on the driver before Ray starts.
+
+    ``task_runner`` names the Ray task runner the entry point hands to ``verl.trainer.main_ppo.run_ppo`` (the keys of
+    :data:`ENTRY_POINTS`; ``main_ppo`` itself runs ``TaskRunnerV1``). Returns None for a config that does not ask for
+    AEnt (verl's business), the checked options for one that can run it, and raises :class:`StartupError` for one
+    that asks for AEnt where it would not run.
+    """
+    if not wants_aent(config):
+        return None
+    mode = _select(config, "trainer.v1.trainer_mode")
+    asked = f"trainer.v1.trainer_mode={mode}" if selects_aent(config) else "an aent: block"
+    if task_runner in ("OneStepTaskRunner", "FullyAsyncTaskRunner"):
+        raise StartupError(
+            f"verl's entry point '{ENTRY_POINTS[task_runner]}' does not run AEnt (it never reads "
+            f"trainer.v1.trainer_mode), but the config asks for it ({asked}). Run AEnt asynchronously with "
+            "verl's V1 trainer instead: python -m verl.trainer.main_ppo trainer.v1.trainer_mode=aent_colocate_async "
+            "(or aent_separate_async), or remove the aent: block and any AEnt trainer mode to train without AEnt"
+        )
+    if task_runner not in ENTRY_POINTS:
+        raise StartupError(
+            f"the config asks for AEnt ({asked}), but it is started with the task runner {task_runner!r}; AEnt runs "
+            "in verl's V1 trainer only (python -m verl.trainer.main_ppo with trainer.v1.trainer_mode=aent, "
+            "aent_colocate_async or aent_separate_async): start it that way, or remove the aent: block"
+        )
+    if mode not in AENT_MODES and _select(config, "trainer.use_v1", False):
+        raise StartupError(
+            f"the config carries an aent: block, but trainer.v1.trainer_mode={mode} does not run AEnt and would "
+            f"train without it: set trainer.v1.trainer_mode={_AENT_MODE_OF.get(mode, TRAINER_MODE)} (AEnt modes: "
+            f"{_MODES_TEXT}), or remove the aent: block to train without AEnt"
+        )
+    return check_config(config)
 
 
 def check_config(config: Any) -> AEntOptions:
@@ -39,10 +104,17 @@ def check_config(config: Any) -> AEntOptions:
     Raises :class:`StartupError` listing every problem found (key, value, fix).
     """
     problems: List[str] = []
+    mode = _select(config, "trainer.v1.trainer_mode")
     if not _select(config, "trainer.use_v1", False):
         problems.append(
-            "trainer.use_v1=false selects verl's legacy trainer, which ignores trainer.v1.trainer_mode=aent and "
-            "would train without AEnt: set trainer.use_v1=true"
+            "trainer.use_v1=false selects verl's legacy trainer, which has no AEnt (it ignores "
+            "trainer.v1.trainer_mode and the aent: block) and would train without it: set trainer.use_v1=true"
+            + ("" if mode in AENT_MODES else " trainer.v1.trainer_mode=aent")
+        )
+    elif mode not in AENT_MODES:
+        problems.append(
+            f"trainer.v1.trainer_mode={mode} does not run AEnt: set trainer.v1.trainer_mode="
+            f"{_AENT_MODE_OF.get(mode, TRAINER_MODE)} (AEnt modes: {_MODES_TEXT})"
         )
     strategy = str(_select(config, "actor_rollout_ref.actor.strategy", "fsdp"))
     if strategy not in ("fsdp", "fsdp2"):
@@ -63,7 +135,7 @@ def check_config(config: Any) -> AEntOptions:
     if _select(config, "distillation.enabled", False) is True:
         problems.append(
             "distillation.enabled=true: on-policy distillation uses the same logits hook as AEnt: "
-            "set distillation.enabled=false (or do not use trainer.v1.trainer_mode=aent)"
+            "set distillation.enabled=false (or do not use an AEnt trainer mode)"
         )
     for key in ("actor_rollout_ref.actor.pad_to_length", "actor_rollout_ref.actor.fsdp_config.pad_to_length"):
         if _select(config, key, False) is True:
@@ -87,6 +159,6 @@ def check_config(config: Any) -> AEntOptions:
         problems.append(str(err))
     if problems:
         lines = "\n  - ".join(problems)
-        raise StartupError(f"trainer.v1.trainer_mode=aent cannot start:\n  - {lines}")
+        raise StartupError(f"AEnt (trainer.v1.trainer_mode={mode}) cannot start:\n  - {lines}")
     assert options is not None
     return options

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 
 import aent
+from aent.validate import check_chunk_size, check_clamp_p
 
 __all__ = [
     "AEntPolicyLoss",
@@ -79,12 +80,8 @@ class AEntPolicyLoss:
                 "full-vocabulary entropy bonus on top of AEnt's: set actor_rollout_ref.actor.entropy_coeff=0 "
                 "(AEnt's coefficient is aent.coef_init; a plain entropy bonus is aent.clamp_p=0)"
             )
-        if isinstance(clamp_p, bool) or not isinstance(clamp_p, (int, float)) or not 0.0 <= float(clamp_p) < 1.0:
-            raise ValueError(f"aent.clamp_p must be a number in [0, 1) (removed vocabulary fraction), got {clamp_p!r}")
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"aent.chunk_size must be a positive number of rows or null, got {chunk_size!r}")
+        clamp_p = check_clamp_p("aent.clamp_p", clamp_p)
+        chunk_size = check_chunk_size("aent.chunk_size", chunk_size)
         self.actor_config = actor_config
         self.clamp_p = float(clamp_p)
         self.chunk_size = chunk_size

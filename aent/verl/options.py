@@ -9,11 +9,19 @@ then unused); ``lr > 0`` runs the controller of Algorithm 1.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient
+from aent.validate import (
+    check_band,
+    check_bounds,
+    check_chunk_size,
+    check_clamp_p,
+    check_nonnegative,
+    check_steps,
+    finite_number,
+)
 
 __all__ = ["AEntOptions", "options_from_config", "options_help"]
 
@@ -60,8 +68,10 @@ class AEntOptions:
     )
     warmup_steps: int = _opt(
         30,
-        "Global steps before the controller starts moving the coefficient; the entropy is measured from step 1 "
-        "(paper section 5 setup; a 30, b 156). Default 30.",
+        "Global steps trained with coef_init before the controller moves the coefficient (verl counts global "
+        "steps from 1): the first update that moves it follows step max(warmup_steps, 1), so step warmup_steps + 1 "
+        "is the first to use a moved value. The entropy is measured from step 1 (paper section 5 setup; a 30, "
+        "b 156). Default 30.",
     )
     reg: float = _opt(
         0.0,
@@ -79,32 +89,37 @@ class AEntOptions:
         "torch), torch, triton or reference (float64, for checks only). Default null.",
     )
 
+    resume_without_controller: bool = _opt(
+        False,
+        "Allow resuming from a checkpoint that has no aent_controller.json (one written by a run without AEnt): "
+        "the run then warns and restarts the coefficient at coef_init, with the step count of the checkpoint, so a "
+        "past warm-up no longer protects it. false stops such a resume with an error. Default false.",
+    )
+
     def __post_init__(self) -> None:
-        for name in ("clamp_p", "coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-                raise ValueError(f"aent.{name} must be a finite number, got {value!r} (set +aent.{name}=<number>)")
-        if not 0.0 <= float(self.clamp_p) < 1.0:
-            raise ValueError(
-                f"aent.clamp_p must be in [0, 1) (the removed fraction of the vocabulary; the paper uses 0.25-0.33), "
-                f"got {self.clamp_p!r}"
+        # one validation for the core, the verl loss and these options: aent.validate
+        check_clamp_p("aent.clamp_p", self.clamp_p)
+        for name in ("coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
+            finite_number(f"aent.{name}", getattr(self, name))
+        check_steps("aent.warmup_steps", self.warmup_steps)
+        check_chunk_size("aent.chunk_size", self.chunk_size)
+        check_nonnegative("aent.lr", self.lr, "0 keeps the coefficient constant")
+        if self.adaptive:
+            check_band("aent.entropy_low", self.entropy_low, "aent.entropy_high", self.entropy_high)
+            check_bounds(
+                "aent.coef_init", self.coef_init, "aent.coef_min", self.coef_min, "aent.coef_max", self.coef_max
             )
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"aent.warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
-        if self.chunk_size is not None and (
-            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
-        ):
-            raise ValueError(f"aent.chunk_size must be a positive integer or null, got {self.chunk_size!r}")
+            check_nonnegative("aent.reg", self.reg)
+        else:
+            check_nonnegative("aent.coef_init", self.coef_init, "a negative coefficient would minimise entropy")
         from aent.entropy import IMPLEMENTATIONS
 
         if self.impl is not None and self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"aent.impl must be one of {IMPLEMENTATIONS} or null, got {self.impl!r}")
-        try:
-            self.build_coefficient()
-        except ValueError as err:
+        if not isinstance(self.resume_without_controller, bool):
             raise ValueError(
-                f"invalid aent options: {err} (names: init -> aent.coef_init, others aent.<name>)"
-            ) from None
+                f"aent.resume_without_controller must be true or false, got {self.resume_without_controller!r}"
+            )
 
     @property
     def adaptive(self) -> bool:
@@ -154,7 +169,7 @@ def options_from_config(config: Any) -> AEntOptions:
     names = {f.name for f in dataclasses.fields(AEntOptions)}
     unknown = sorted(set(block) - names)
     if unknown:
-        raise ValueError(f"unknown aent option(s) {unknown}: valid options are {sorted(names)} (see docs/VERL.md)")
+        raise ValueError(f"unknown aent option(s) {unknown}; the valid options are:\n{options_help()}")
     values = dict(block)
     for name in ("clamp_p", "coef_init", "entropy_low", "entropy_high", "lr", "coef_min", "coef_max", "reg"):
         if isinstance(values.get(name), int) and not isinstance(values.get(name), bool):
@@ -163,7 +178,7 @@ def options_from_config(config: Any) -> AEntOptions:
 
 
 def options_help() -> str:
-    """One line per option: name, default and help text (for ``--help`` style listings and the docs)."""
+    """One line per option: name, default and help text (listed by the unknown-option error)."""
     lines = []
     for f in dataclasses.fields(AEntOptions):
         lines.append(f"aent.{f.name} (default {f.default!r}): {f.metadata['help']}")

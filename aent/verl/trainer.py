@@ -1,13 +1,16 @@
-"""The ``aent`` trainer mode of verl's V1 trainer (``trainer.v1.trainer_mode=aent``).
+"""The AEnt trainer modes of verl's V1 trainer: ``trainer.v1.trainer_mode=aent`` (verl's ``sync``),
+``aent_colocate_async`` (verl's ``colocate_async``) and ``aent_separate_async`` (verl's ``separate_async``).
 
-verl's synchronous trainer, plus:
+One piece of driver logic, :class:`AEntTrainerMixin`, is put in front of each of verl's three V1 trainers; it adds:
 
 * start-up checks on the driver (:func:`aent.verl.checks.check_config`) before anything is built;
 * the AEnt loss (:func:`aent.verl.make_aent_loss`) installed once in every actor worker after ``init_model``;
-* per actor update, the step flags and the current coefficient sent with the batch (:func:`aent_step_flags`);
+* per actor update, the step flags and the current coefficient carried by the update batch itself
+  (:func:`aent_step_flags`);
 * after each global step's updates, the token-weighted clamped entropy measured during them (summed over
-  mini-batches, micro-batches and ranks) feeds the coefficient controller; the new value goes with the next update;
-* the controller state written to ``global_step_N/aent_controller.json`` in every checkpoint and restored on resume.
+  mini-batches, micro-batches and ranks) feeds the coefficient controller; the new value goes with the next step;
+* the controller state written to ``global_step_N/aent_controller.json`` in every checkpoint and restored on resume
+  (a checkpoint without it stops the resume unless ``aent.resume_without_controller=true``).
 
 Importing this module imports verl's V1 trainer stack (Ray, TransferQueue); the ``verl.plugins`` entry point
 (:mod:`aent.verl.plugin`) arranges that it happens whenever verl's V1 trainer is imported.
@@ -22,9 +25,9 @@ import os
 from typing import Any, Dict, Optional
 
 from omegaconf import open_dict
-from verl.trainer.ppo.v1 import PPOTrainerSync, register_trainer
+from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
-from aent.verl.checks import TRAINER_MODE, StartupError, check_config
+from aent.verl.checks import StartupError, check_config
 from aent.verl.loss import (
     METRIC_CLAMPED_ENTROPY,
     METRIC_COEF,
@@ -35,7 +38,15 @@ from aent.verl.loss import (
     make_aent_loss,
 )
 
-__all__ = ["AEntTrainer", "CONTROLLER_FILE", "StartupError", "check_config"]
+__all__ = [
+    "AEntTrainer",
+    "AEntTrainerColocateAsync",
+    "AEntTrainerMixin",
+    "AEntTrainerSeparateAsync",
+    "CONTROLLER_FILE",
+    "StartupError",
+    "check_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,39 +54,55 @@ CONTROLLER_FILE = "aent_controller.json"
 METRIC_COEF_NEXT = "actor/aent_coef_next"
 
 
-class _WithStepFlags:
-    """The actor worker group, with this step's AEnt values added to the batch of ``update_actor``.
+class _StepExtraInfo(dict):
+    """``batch.extra_info`` of one actor update, with AEnt's values pinned.
 
-    verl's ``_update_actor`` writes its own ``distillation_use_topk``/``calculate_entropy`` into the batch right
-    before calling the worker group; adding ours at the call keeps the rest of that method verl's.
+    verl's ``_update_actor`` writes its own ``calculate_entropy``/``distillation_use_topk``/``distillation_only``
+    into the batch's ``extra_info`` right before it calls the worker group; AEnt's values for those keys (and the
+    coefficient) are kept over such writes, so the batch carries them to the workers and the rest of that method
+    stays verl's. Copies (verl deep-copies ``extra_info`` when it splits the batch; Ray pickles it) are plain dicts.
     """
 
-    def __init__(self, worker_group: Any, flags: Dict[str, Any]):
-        self._worker_group = worker_group
-        self._flags = flags
+    def __init__(self, base: Optional[Dict[str, Any]], pinned: Dict[str, Any]):
+        super().__init__(base or {})
+        self._pinned = dict(pinned)
+        dict.update(self, self._pinned)
 
-    def update_actor(self, batch, *args, **kwargs):
-        batch.extra_info.update(self._flags)
-        return self._worker_group.update_actor(batch, *args, **kwargs)
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, self._pinned.get(key, value))
 
-    def __getattr__(self, name):
-        return getattr(self._worker_group, name)
+    def update(self, *args, **kwargs):
+        dict.update(self, *args, **kwargs)
+        dict.update(self, self._pinned)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
 
 
-@register_trainer(TRAINER_MODE)
-class AEntTrainer(PPOTrainerSync):
-    """verl's synchronous V1 trainer with the AEnt entropy bonus and its adaptive coefficient (SPEC sections 2-3)."""
+class AEntTrainerMixin:
+    """AEnt's driver logic for any of verl's V1 trainers (SPEC sections 2-3); put it first in the bases.
+
+    ``verl_mode`` is the V1 trainer mode of the base class: verl's base classes branch on ``trainer_mode`` ("sync"
+    or not, and ``trainer.v1.<mode>`` settings), so the run continues under that name once the checks passed.
+    """
+
+    verl_mode = "sync"
 
     def __init__(self, config):
         self.aent_options = check_config(config)  # refuse before anything is built
         self.coefficient = self.aent_options.build_coefficient()
         self._aent_sums = [0.0, 0.0, 0.0]  # entropy sum, response tokens, non-finite tokens of this global step
-        # verl's base class compares trainer_mode with "sync" in several places: run as "sync" from here on.
         with open_dict(config):
-            config.trainer.v1.trainer_mode = "sync"
+            config.trainer.v1.trainer_mode = self.verl_mode
         super().__init__(config)
         logger.warning(
-            "AEnt: clamp_p=%s, %s coefficient %s",
+            "AEnt on verl's %s trainer: clamp_p=%s, %s coefficient %s",
+            self.verl_mode,
             self.aent_options.clamp_p,
             "adaptive" if self.aent_options.adaptive else "constant",
             self.coefficient,
@@ -100,19 +127,19 @@ class AEntTrainer(PPOTrainerSync):
 
     # -- per step ------------------------------------------------------------------------------------------
     def _update_actor(self, batch, metrics: dict):
-        worker_group = self.actor_rollout_wg
-        self.actor_rollout_wg = _WithStepFlags(worker_group, aent_step_flags(self.coefficient.value))
+        # the coefficient of this global step travels with the update batch
+        batch.extra_info = _StepExtraInfo(batch.extra_info, aent_step_flags(self.coefficient.value))
         try:
             batch = super()._update_actor(batch, metrics)
         finally:
-            self.actor_rollout_wg = worker_group
+            batch.extra_info = dict(batch.extra_info)
         if METRIC_NUM_TOKENS not in metrics:
             raise RuntimeError(
                 "the actor update returned no AEnt measurement: the actor workers are not running the AEnt loss "
                 "(was set_loss_fn replaced?)"
             )
         # verl reduced each metric with a mean over the update's mini-batches; the ratio of the two means is the
-        # token-weighted clamped entropy over all of them. Updates of one global step (parameter_sync_step > 1)
+        # token-weighted clamped entropy over all of them. The updates of one global step (parameter_sync_step > 1)
         # have the same number of mini-batches, so adding their means keeps the ratio token-weighted.
         self._aent_sums[0] += float(metrics[METRIC_ENTROPY_SUM])
         self._aent_sums[1] += float(metrics[METRIC_NUM_TOKENS])
@@ -174,12 +201,31 @@ class AEntTrainer(PPOTrainerSync):
         self.load_controller(os.path.join(folder, CONTROLLER_FILE))
 
     def load_controller(self, path: str) -> None:
-        """Restore the coefficient saved at ``path`` (a missing file: warn and keep ``coef_init``)."""
+        """Restore the coefficient saved at ``path``.
+
+        A missing file stops the run (:class:`StartupError`) unless ``aent.resume_without_controller=true``; then
+        the run warns and keeps ``coef_init``.
+        """
         if not os.path.exists(path):
+            opts = self.aent_options
+            restart = (
+                f"the coefficient would restart at aent.coef_init={opts.coef_init} at global step {self.global_steps}"
+                + (
+                    f", past the warm-up of aent.warmup_steps={opts.warmup_steps}, so the controller moves it from "
+                    "there at once"
+                    if opts.adaptive and self.global_steps >= opts.warmup_steps
+                    else ""
+                )
+            )
+            if not opts.resume_without_controller:
+                raise StartupError(
+                    f"resuming from a checkpoint without {path} (written by a run without AEnt, or copied without "
+                    f"this file): {restart}. Resume from a checkpoint of an AEnt run, start a fresh run "
+                    "(trainer.resume_mode=disable or another trainer.default_local_dir), or accept the restart with "
+                    "++aent.resume_without_controller=true"
+                )
             logger.warning(
-                "AEnt: resuming from a checkpoint without %s (not an AEnt run?): the coefficient restarts at %s",
-                CONTROLLER_FILE,
-                self.coefficient.value,
+                "AEnt: resuming from a checkpoint without %s (aent.resume_without_controller=true): %s", path, restart
             )
             return
         with open(path) as f:
@@ -195,3 +241,24 @@ class AEntTrainer(PPOTrainerSync):
         if not math.isfinite(self.coefficient.value):
             raise StartupError(f"the AEnt controller state in {path} holds a non-finite coefficient")
         logger.warning("AEnt: restored the controller from %s: %s", path, self.coefficient)
+
+
+@register_trainer("aent")
+class AEntTrainer(AEntTrainerMixin, PPOTrainerSync):
+    """``trainer.v1.trainer_mode=aent``: verl's synchronous V1 trainer with AEnt."""
+
+    verl_mode = "sync"
+
+
+@register_trainer("aent_colocate_async")
+class AEntTrainerColocateAsync(AEntTrainerMixin, PPOTrainerColocateAsync):
+    """``trainer.v1.trainer_mode=aent_colocate_async``: verl's colocated asynchronous V1 trainer with AEnt."""
+
+    verl_mode = "colocate_async"
+
+
+@register_trainer("aent_separate_async")
+class AEntTrainerSeparateAsync(AEntTrainerMixin, PPOTrainerSeparateAsync):
+    """``trainer.v1.trainer_mode=aent_separate_async``: verl's separate-pool asynchronous V1 trainer with AEnt."""
+
+    verl_mode = "separate_async"

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Recipe configs/aent_ppo_math.yaml. Usage: scripts/run_aent_ppo_math.sh [MODEL_PATH [DATA_DIR [N_GPUS [RUN_NAME]]]] [-- overrides]
+# (or MODEL_PATH, DATA_DIR, N_GPUS, RUN_NAME, NNODES in the environment; see scripts/launch_recipe.sh).
+exec "$(dirname "${BASH_SOURCE[0]}")/launch_recipe.sh" aent_ppo_math "$@"
