@@ -205,11 +205,15 @@ def _careful_backward(z: torch.Tensor, threshold: Optional[torch.Tensor], ent: t
 
 
 def _chunk_forward(z: torch.Tensor, k: int):
-    """Entropy of each row of the 2-D chunk ``z``, its threshold and log-normaliser (both None when ``k == 0``) and
-    the flags of the rows computed the careful way."""
+    """Entropy of each row of the 2-D chunk ``z``, its threshold, row maximum and log of the kept set's sum of
+    ``exp(z - max)`` (those three None when ``k == 0``) and the flags of the rows computed the careful way.
+
+    The backward needs ``log q = (z - max) - log_total`` in this order: ``z - max`` is exact in floating point for the
+    kept tokens, while the single number ``max + log_total`` rounded to float32 would be off by up to half a unit in
+    the last place of the logits' magnitude (5e-4 at |z| = 1e4)."""
     row_max = z.amax(dim=-1)
     if k == 0:
-        threshold = log_norm = None
+        threshold = log_total = None
         logq = torch.log_softmax(z, dim=-1)
         ent = torch.exp(logq).mul_(logq).sum(dim=-1).neg_()
         del logq
@@ -223,19 +227,18 @@ def _chunk_forward(z: torch.Tensor, k: int):
         del shifted, weights
         log_total = torch.log(total)
         ent = log_total - weighted / total
-        log_norm = log_total.add_(row_max)  # log of the kept set's sum of exp(z)
     careful = ~torch.isfinite(ent) | ~torch.isfinite(row_max)
     if careful.any():
         ent[careful] = _careful_forward(z[careful], None if threshold is None else threshold[careful])
-    return ent, threshold, log_norm, careful
+    return ent, threshold, (None if k == 0 else row_max), log_total, careful
 
 
-def _chunk_backward(z, threshold, log_norm, ent, careful, grad_out, out=None):
+def _chunk_backward(z, threshold, row_max, log_total, ent, careful, grad_out, out=None):
     """``grad_out * dH/dz`` of the 2-D chunk ``z``, written into ``out`` when given (any float dtype)."""
     if threshold is None:
         logq = torch.log_softmax(z, dim=-1)
     else:
-        logq = torch.clamp(z, min=threshold.unsqueeze(-1)).sub_(log_norm.unsqueeze(-1))
+        logq = torch.clamp(z, min=threshold.unsqueeze(-1)).sub_(row_max.unsqueeze(-1)).sub_(log_total.unsqueeze(-1))
     q = torch.exp(logq)
     if threshold is not None:
         q.mul_(z >= threshold.unsqueeze(-1))  # removed tokens: q = 0, so no gradient
@@ -272,22 +275,23 @@ class _ChunkedClampedEntropy(torch.autograd.Function):
         alloc = torch.empty if selected is None else torch.zeros  # skipped rows: entropy 0
         ent = alloc(rows, dtype=compute, device=logits2d.device)
         threshold = alloc(rows, dtype=compute, device=logits2d.device) if k else None
-        log_norm = alloc(rows, dtype=compute, device=logits2d.device) if k else None
+        row_max = alloc(rows, dtype=compute, device=logits2d.device) if k else None
+        log_total = alloc(rows, dtype=compute, device=logits2d.device) if k else None
         careful = torch.zeros(rows, dtype=torch.bool, device=logits2d.device)
         for part in _chunks(selected, rows, chunk_size):
             z = logits2d[part].to(compute)
-            e, t, n, c = _chunk_forward(z, k)
+            e, t, m, n, c = _chunk_forward(z, k)
             ent[part], careful[part] = e, c
             if k:
-                threshold[part], log_norm[part] = t, n
-            del z, e, t, n, c
-        ctx.save_for_backward(logits2d, ent, threshold, log_norm, careful, selected)
+                threshold[part], row_max[part], log_total[part] = t, m, n
+            del z, e, t, m, n, c
+        ctx.save_for_backward(logits2d, ent, threshold, row_max, log_total, careful, selected)
         ctx.chunk_size = chunk_size
         return ent
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        logits2d, ent, threshold, log_norm, careful, selected = ctx.saved_tensors
+        logits2d, ent, threshold, row_max, log_total, careful, selected = ctx.saved_tensors
         compute = ent.dtype
         rows = logits2d.shape[0]
         grad = torch.empty_like(logits2d, memory_format=torch.contiguous_format)
@@ -298,8 +302,8 @@ class _ChunkedClampedEntropy(torch.autograd.Function):
             grad.index_fill_(0, skipped.nonzero().squeeze(1), 0)
         for part in _chunks(selected, rows, ctx.chunk_size):
             z = logits2d[part].to(compute)
-            th, ln = (None, None) if threshold is None else (threshold[part], log_norm[part])
-            args = (z, th, ln, ent[part], careful[part], grad_out[part].to(compute))
+            stats = (None, None, None) if threshold is None else (threshold[part], row_max[part], log_total[part])
+            args = (z, *stats, ent[part], careful[part], grad_out[part].to(compute))
             if isinstance(part, slice):
                 _chunk_backward(*args, out=grad[part])
             else:

@@ -133,6 +133,17 @@ def test_extreme_magnitudes(dtype):
     torch.testing.assert_close(ga.float(), gb.float(), atol=1e-4, rtol=2e-2)
 
 
+@pytest.mark.parametrize("p", [0.0, 0.33])
+def test_large_offsets_keep_float32_gradient_accuracy(p):
+    # |z| ~ 1e4 with an ordinary spread: log q must come from (z - max) - log_total, both accurate, never from z minus
+    # one float32 number max + log_total, which is off by up to half an ulp of 1e4 (5e-4)
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([1e4 + torch.randn(2, 1001, generator=g) * 3, -1e4 + torch.randn(2, 1001, generator=g) * 3])
+    ea, eb, ga, gb = _compare(x, p)
+    torch.testing.assert_close(ea, eb, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(ga, gb, atol=2e-6, rtol=1e-5)
+
+
 def test_chunking_does_not_change_results():
     x = _logits((37, 513), torch.float32, seed=13)
     outs = []
