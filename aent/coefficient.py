@@ -201,3 +201,39 @@ def coefficient_from_state(state: Dict[str, Any]) -> AdaptiveCoefficient:
         raise ValueError(f"unknown coefficient kind {kind!r} (expected 'adaptive' or 'constant')")
     coef.load_state_dict(state)
     return coef
+
+
+def build_coefficient(
+    init: float,
+    *,
+    lr: float = 0.0,
+    entropy_low: float = 0.0,
+    entropy_high: float = 0.0,
+    coef_min: Optional[float] = None,
+    coef_max: Optional[float] = None,
+    warmup_steps: int = 0,
+    reg: float = 0.0,
+) -> AdaptiveCoefficient:
+    """The coefficient the option values describe: :class:`AdaptiveCoefficient` for ``lr > 0``, else
+    :class:`ConstantCoefficient` at ``init`` (the band, bounds, warm-up and ``reg`` are then unused).
+
+    ``coef_min``/``coef_max`` default to ``init`` (no room to move), so an adaptive coefficient needs them.
+    """
+    lr = _finite_number("lr", lr)
+    if lr < 0:
+        raise ValueError(f"lr must be >= 0 (0 keeps the coefficient constant), got {lr}")
+    if lr == 0:
+        return ConstantCoefficient(init)
+    return AdaptiveCoefficient(
+        init=init,
+        entropy_low=entropy_low,
+        entropy_high=entropy_high,
+        lr=lr,
+        coef_min=init if coef_min is None else coef_min,
+        coef_max=init if coef_max is None else coef_max,
+        warmup_steps=warmup_steps,
+        reg=reg,
+    )
+
+
+__all__ += ["build_coefficient"]

@@ -1,4 +1,4 @@
-"""Tests of the controlled experiment (``aent toy-mdp``, aent/toy.py): the MDP, its exact return, the CLI outputs."""
+"""Tests of the controlled experiment (``aent toy-mdp``, aent/experiments/toy.py): the MDP, its exact return, the CLI outputs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import aent
-from aent import toy
-from aent.toy import DECOY, OPTIMAL, WRONG, ToyConfig, build_mdp
+from aent.experiments import toy
+from aent.experiments.toy import DECOY, OPTIMAL, WRONG, ToyConfig, build_mdp
 
 SMALL_ARGS = [
     "--num-actions",

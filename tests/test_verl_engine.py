@@ -69,7 +69,8 @@ def _batch(torch, tu, left_right_2_no_padding, micro_batch_size, flags):
 def run_checks(out_path: str) -> None:
     """Runs in the subprocess; writes a JSON dict of measured quantities to ``out_path``."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from aent.verl.testing import build_tiny_qwen2, init_single_process_group, use_cpu_platform
+    from aent.experiments.tiny_model import write_tiny_qwen2
+    from aent.verl.testing import init_single_process_group, use_cpu_platform
 
     use_cpu_platform()
     init_single_process_group()
@@ -85,7 +86,7 @@ def run_checks(out_path: str) -> None:
     from aent.verl import AEntPolicyLoss, aent_step_flags, make_aent_loss
 
     results = {}
-    path = build_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
+    path = write_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
     engine = EngineRegistry.new(
         model_type="language_model",
         backend="fsdp2",

@@ -47,7 +47,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient
+from aent.advantage import grpo_advantages
+from aent.coefficient import AdaptiveCoefficient, build_coefficient
 from aent.entropy import clamped_entropy, num_removed
 
 __all__ = [
@@ -309,18 +310,18 @@ def default_learners(coef: float, clamp_ps: Sequence[float], aent_ps: Sequence[f
     return learners
 
 
-def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig):
+def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> AdaptiveCoefficient:
     if spec.kind == "adaptive":
-        return AdaptiveCoefficient(
-            init=spec.coef,
+        return build_coefficient(
+            spec.coef,
+            lr=cfg.aent_lr,
             entropy_low=cfg.aent_band[0],
             entropy_high=cfg.aent_band[1],
-            lr=cfg.aent_lr,
             coef_min=cfg.aent_coef_min,
             coef_max=cfg.aent_coef_max,
             warmup_steps=cfg.aent_warmup,
         )
-    return ConstantCoefficient(spec.coef if spec.kind == "constant" else 0.0)
+    return build_coefficient(spec.coef if spec.kind == "constant" else 0.0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -335,13 +336,6 @@ def visit_weighted_mean(per_state: torch.Tensor, visits: torch.Tensor) -> torch.
     ``token-mean`` (:func:`aent.aggregate`) over the group's ``(group_size, H)`` response tokens.
     """
     return (per_state * visits).sum(-1) / visits.sum(-1)
-
-
-def _group_advantages(returns: torch.Tensor) -> torch.Tensor:
-    """GRPO outcome advantages over the group dimension (-1): ``(r - mean) / (std + 1e-6)`` (unbiased std)."""
-    mean = returns.mean(dim=-1, keepdim=True)
-    std = returns.std(dim=-1, keepdim=True)
-    return (returns - mean) / (std + 1e-6)
 
 
 def _log_steps(steps: int, points: int) -> List[int]:
@@ -391,8 +385,8 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
         with torch.no_grad():
             z = logits.detach()
             probs = torch.softmax(z, dim=-1)
-            curves["success"].append((probs * optimal).sum(-1).prod(-1))
-            curves["expected_return"].append((probs * quality).sum(-1).prod(-1))
+            curves["success"].append(exact_success_probability(z, optimal))
+            curves["expected_return"].append(exact_expected_return(z, quality))
             curves["entropy"].append(clamped_entropy(z, 0.0).mean(-1))
             curves["tail_mass"].append((probs * ~plausible).sum(-1).mean(-1))
             curves["coef"].append(torch.tensor([c.value for c in coefs]))
@@ -416,7 +410,7 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
             actions = sample_episodes(probs, cfg.group_size, gen)  # (R, G, H)
             step_q = quality.gather(2, actions.transpose(1, 2)).transpose(1, 2)  # (R, G, H)
             returns = step_q.prod(-1)
-            advantages = _group_advantages(returns)
+            advantages = grpo_advantages(returns)
             visited = visited_mask(step_q).float()  # (R, G, H)
             tokens = visited.sum(dim=(1, 2))  # every run visits s_0 group_size times, so > 0
             visits = visited.sum(dim=1)  # (R, H)
