@@ -1,36 +1,35 @@
 """The paper's controlled experiment (arXiv 2509.03493, Figure 1; SPEC section 4), on a CPU: ``aent toy-mdp``.
 
-A chain MDP with a huge action set stands in for an LLM generating a short answer:
+The published figure plots the *average reward* against the step (0-4000) in panels K = 15, 10 and 1 optimal
+actions, plus a bar panel of the final gain over no regularisation at K = 15, 10, 5, 1. Every plateau is a multiple
+of 1/25, and the curves are smooth. This module builds a problem family consistent with that:
 
-* States ``s_0 .. s_{H-1}`` (one per "token" position); every state has the same ``num_actions`` actions.
-* In state ``s_h`` the actions fall into three classes, fixed per seed: ``num_optimal`` **optimal** actions
-  (quality 1), a few **decoys** (quality ``decoy_quality`` < 1: plausible, partly right) and everything else,
-  **wrong** (quality 0). A wrong action ends the episode with reward 0; otherwise the chain moves on, and after
-  ``H`` steps the episode pays the product of the qualities of its actions. So the return is 1 only when every
-  action was optimal, ``decoy_quality ** H`` for an all-decoy answer.
-* The policy is a softmax over tabular logits per state (``H x num_actions`` numbers per learner).
-* The initial logits look like a pretrained model's next-token distribution: a handful of plausible actions
-  (the decoys, some wrong-but-plausible actions and the optimal ones) carry almost all the mass, the rest sits in
-  a long Gaussian tail. By default each optimal action has the same prior weight whatever their number, so a
-  sparser problem also gives the correct answers less prior mass, as it would for a language model
-  (``split_optimal`` keeps the total fixed instead).
-* Learning is on-policy and GRPO-like: each iteration samples a group of ``group_size`` episodes, the advantage of
-  an episode is its return minus the group mean, divided by the group standard deviation, the policy loss is the
-  token-mean over visited states of ``-advantage * log pi(action)``, and Adam takes one step.
+* **25 independent states** (a one-step decision each, as an answer that is right or wrong), every state with the
+  same ``num_actions = 100,000`` actions. The average reward is the mean over the states of the expected reward
+  of the current policy, computed exactly: a state that is solved adds 1/25.
+* **Rewards per state**: ``K`` optimal actions (reward 1), one decoy (reward ``decoy_reward``, small: a partly right
+  answer that the no-bonus learner settles on), everything else 0.
+* **Prior** (initial softmax, like a pretrained model's next-token distribution): a few plausible wrong actions hold
+  most of the mass, the decoy and the first optimal action ("the answer") have probabilities drawn per state
+  (log-uniform), the other 14 optimal candidates sit in the body at ranks drawn per state, and the rest is a long
+  ``Normal(0, 1)``-logit tail. **Nested placement**: one instance fixes 15 ordered optimal candidates per state;
+  K optimal actions are the first K of them. So the K = 1 problem is the K = 15 problem with 14 optimal actions
+  turned into ordinary ones, and K is not confounded with the instance.
+* **Learners**: no regularisation; the plain entropy bonus; the clamped bonus (SPEC section 1) for each ``p``;
+  AEnt (clamped bonus with :func:`aent.build_coefficient`'s adaptive controller), which is *not in the figure*.
+* **Updates**: exact softmax policy gradient of ``E[r] + coef * H_p`` with plain gradient steps on the logits by
+  default (smooth curves); ``--sampled G`` replaces the exact reward gradient by GRPO on ``G`` samples per state
+  (:func:`aent.grpo_advantages`), ``--optimizer adam`` uses Adam. Both are options, labelled as such in the outputs.
 
-Exploration matters because of the decoys: they hold most of the prior mass, so the first returns a group sees come
-from them; once a group samples nothing but decoys its advantages are all zero and the policy never leaves them
-(the "entropy collapse" of LLM RL). An entropy bonus keeps other actions in play, but the plain bonus also pushes
-probability onto all ~1e5 tail actions; the clamped bonus (SPEC section 1) ignores the lowest ``p`` fraction.
+For speed the 1e5 actions of a state are held as *groups* of equal logit (a few hundred tail bins of equal size,
+every other action its own group). Actions of one group have the same logit and reward, so under exact gradients
+they stay equal for ever, and SPEC section 1 keeps or removes tied actions together: the grouped computation is the
+computation on all 1e5 actions, not an approximation (tested against :func:`aent.clamped_entropy` on the expanded
+logits). Only ``--sampled`` is approximate for the tail: a sampled tail action's update is shared by its bin.
 
-The exact expected return and the exact probability of the all-optimal answer are computed from the policy in closed
-form at every iteration (no sampling noise in the curves): ``E[R] = prod_h (pi_h(O_h) + c * pi_h(D_h))`` and
-``P(success) = prod_h pi_h(O_h)``.
-
-Every entropy comes from :func:`aent.clamped_entropy` (``clamp_p = 0`` for the plain bonus) and every coefficient
-from :class:`aent.ConstantCoefficient` / :class:`aent.AdaptiveCoefficient`. All runs (sparsity x learner x seed)
-are one batched ``(runs, H, num_actions)`` logits tensor: the loss is a sum of per-run losses and Adam acts per
-element, so the runs stay independent.
+The stationary point that each regularised objective predicts is printed next to each result: ``pi ~ exp(r / coef)``
+on the entropy's support (all actions for the plain bonus, the kept ``(1 - p) * num_actions`` for the clamped one),
+which gives ``sum_a r_a e^{r_a/coef} / (sum_{rewarding} e^{r_a/coef} + #zero-reward actions in the support)``.
 """
 
 from __future__ import annotations
@@ -43,162 +42,206 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, build_coefficient
-from aent.entropy import clamped_entropy, num_removed
+from aent.entropy import num_removed
 
 __all__ = [
-    "ChainMDP",
+    "PAPER",
+    "Instance",
     "LearnerSpec",
     "ToyConfig",
-    "build_mdp",
-    "default_learners",
-    "exact_expected_return",
-    "exact_success_probability",
+    "build_instance",
+    "exact_expected_reward",
+    "grouped_clamped_entropy",
     "main",
+    "predicted_reward",
     "run_experiment",
-    "sample_episodes",
 ]
 
-WRONG, DECOY, OPTIMAL = 0, 1, 2
+SCHEMA_VERSION = 2
+NUM_CANDIDATES = 15  # optimal candidates per state; K optimal actions are the first K
 
-SCHEMA_VERSION = 1
+# Read off the published figure (SPEC section 4): K -> (no reg., entropy reg., clamped, gain entropy, gain clamped).
+PAPER: Dict[int, Dict[str, Optional[float]]] = {
+    15: {"no_reg": 0.24, "entropy": 0.36, "clamped": 0.80, "gain_entropy": 0.12, "gain_clamped": 0.56},
+    10: {"no_reg": 0.20, "entropy": 0.32, "clamped": 0.60, "gain_entropy": 0.12, "gain_clamped": 0.40},
+    5: {"no_reg": None, "entropy": None, "clamped": None, "gain_entropy": 0.0, "gain_clamped": 0.24},
+    1: {"no_reg": 0.20, "entropy": 0.20, "clamped": 0.44, "gain_entropy": 0.0, "gain_clamped": 0.24},
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The environment.
+# The problem family.
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class ChainMDP:
-    """One seed's chain MDP.
+class Instance:
+    """One paired instance: ``states`` one-step problems over ``num_actions`` actions, held as groups.
 
     Attributes:
-        action_class: ``(H, num_actions)`` int8, ``WRONG`` (0) / ``DECOY`` (1) / ``OPTIMAL`` (2) per state and action.
-        quality: ``(H, num_actions)`` float32 per-step reward factor: 1 optimal, ``decoy_quality`` decoy, 0 wrong.
-        init_logits: ``(H, num_actions)`` float32 pretrained-like initial logits.
-        plausible: ``(H, num_actions)`` bool, the actions of the prior's head (everything that is not tail).
+        logits: ``(states, G)`` float64 initial logit of each group (every action of a group has it).
+        counts: ``(G,)`` float64 number of actions per group (sums to ``num_actions``).
+        kind: ``(G,)`` int: ``0..14`` the optimal candidates in nested order, ``DECOY``, ``WRONG_HEAD``, ``TAIL``.
+        decoy_reward: reward of the decoy.
     """
 
-    action_class: torch.Tensor
-    quality: torch.Tensor
-    init_logits: torch.Tensor
-    plausible: torch.Tensor
-    decoy_quality: float
+    logits: torch.Tensor
+    counts: torch.Tensor
+    kind: torch.Tensor
+    decoy_reward: float
 
-    @property
-    def horizon(self) -> int:
-        return self.action_class.shape[0]
+    def rewards(self, k: int) -> torch.Tensor:
+        """``(G,)`` rewards with ``k`` optimal actions: the first ``k`` candidates 1, the decoy ``decoy_reward``."""
+        r = torch.zeros(self.counts.shape, dtype=torch.float64)
+        r[(self.kind >= 0) & (self.kind < k)] = 1.0
+        r[self.kind == DECOY] = self.decoy_reward
+        return r
 
-    @property
-    def num_actions(self) -> int:
-        return self.action_class.shape[1]
-
-    def optimal_sets(self) -> List[List[int]]:
-        """The optimal action indices of each state, sorted."""
-        return [torch.nonzero(row == OPTIMAL).flatten().tolist() for row in self.action_class]
-
-    def episode_return(self, actions: torch.Tensor) -> torch.Tensor:
-        """Return of episodes given as ``(..., H)`` action indices: the product of the per-step qualities.
-
-        A wrong action ends the episode (the actions after it are ignored), so its return is 0.
-        """
-        steps = torch.arange(self.horizon)
-        return self.quality[steps, actions].prod(dim=-1)
+    def expand(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-group values ``(..., G)`` -> per-action values ``(..., num_actions)`` (for checks only)."""
+        return values.repeat_interleave(self.counts.long(), dim=-1)
 
 
-def build_mdp(
-    num_actions: int,
-    horizon: int,
-    num_optimal: int,
+DECOY, WRONG_HEAD, TAIL = -1, -2, -3
+
+
+def build_instance(
     seed: int,
     *,
-    optimal_weight: float = 0.02,
-    split_optimal: bool = False,
-    decoy_weights: Sequence[float] = (0.45, 0.20),
-    plausible_wrong_weights: Sequence[float] = (0.10, 0.05, 0.05),
-    tail_weight: float = 0.05,
-    tail_std: float = 1.0,
-    decoy_quality: float = 0.6,
-) -> ChainMDP:
-    """Build the chain MDP of one seed (see the module docstring).
+    num_actions: int = 100_000,
+    states: int = 25,
+    tail_bins: int = 40,
+    answer_prob: Sequence[float] = (3e-5, 3e-3),
+    decoy_prob: Sequence[float] = (0.03, 0.3),
+    decoy_reward: float = 0.05,
+    extra_prob: Sequence[float] = (1e-5, 1e-3),
+    wrong_head_probs: Sequence[float] = (0.3, 0.15, 0.1, 0.05),
+) -> Instance:
+    """Build one instance (see the module docstring).
 
-    The prior (initial softmax) of each state is given by relative weights, normalised to 1: each optimal action
-    has ``optimal_weight`` (or, with ``split_optimal``, all of them together have it), each decoy and each plausible
-    wrong action its listed weight, and all other actions together ``tail_weight``, spread by tail logits drawn from
-    ``Normal(0, tail_std)``. Head positions are random per state and seed.
+    Per state: the first optimal candidate ("the answer") has prior probability drawn log-uniformly from
+    ``answer_prob``, candidates 2-15 each from ``extra_prob``, the decoy from ``decoy_prob``; the plausible wrong
+    actions have the fixed
+    probabilities ``wrong_head_probs``; the tail is ``Normal(0, 1)`` quantiles in ``tail_bins`` bins of equal size.
     """
-    if isinstance(num_optimal, bool) or not isinstance(num_optimal, int) or num_optimal < 1:
-        raise ValueError(f"num_optimal must be a positive integer, got {num_optimal!r}")
-    per_optimal = optimal_weight / num_optimal if split_optimal else optimal_weight
-    per_action = [per_optimal] * num_optimal + list(decoy_weights) + list(plausible_wrong_weights)
-    classes = [OPTIMAL] * num_optimal + [DECOY] * len(decoy_weights) + [WRONG] * len(plausible_wrong_weights)
-    head_size = len(per_action)
-    if not all(math.isfinite(w) and w > 0 for w in per_action + [tail_weight]):
+    head = NUM_CANDIDATES + 1 + len(wrong_head_probs)
+    tail_size = num_actions - head
+    if tail_bins < 1 or tail_size < tail_bins:
         raise ValueError(
-            f"the prior's weights must be positive: optimal_weight={optimal_weight}, decoy_weights="
-            f"{list(decoy_weights)}, plausible_wrong_weights={list(plausible_wrong_weights)}, tail_weight={tail_weight}"
+            f"num_actions - {head} head actions = {tail_size} must be at least tail_bins ({tail_bins}); "
+            "raise num_actions or lower tail_bins"
         )
-    if num_actions < 2 * head_size:
-        raise ValueError(
-            f"num_actions ({num_actions}) must be at least twice the prior's head ({head_size} actions: "
-            f"{num_optimal} optimal + {len(decoy_weights)} decoys + {len(plausible_wrong_weights)} plausible wrong)"
-        )
-    if not 0.0 < decoy_quality < 1.0:
-        raise ValueError(f"decoy_quality must be in (0, 1) (a decoy is partly right), got {decoy_quality}")
+    for name, rng in (("answer_prob", answer_prob), ("extra_prob", extra_prob), ("decoy_prob", decoy_prob)):
+        if not 0 < rng[0] <= rng[1] < 1:
+            raise ValueError(f"{name} must be a range 0 < low <= high < 1, got {tuple(rng)}")
+    if not 0 <= decoy_reward < 1:
+        raise ValueError(f"decoy_reward must be in [0, 1) (below an optimal action's 1), got {decoy_reward}")
+    # bins of the tail's ranks (from the top) with log-spaced edges: single actions at the top, where the clamp
+    # boundaries of large p fall, thousands per bin deep in the tail; a bin's logit is the Normal quantile at its
+    # middle rank
+    edges = torch.unique(torch.round(torch.logspace(0, math.log10(tail_size), tail_bins + 1, dtype=torch.float64)))
+    edges = torch.cat([torch.zeros(1, dtype=torch.float64), edges])
+    bin_counts = edges[1:] - edges[:-1]
+    bin_end = edges[1:]
+    normal = torch.distributions.Normal(0.0, 1.0)
+    tail_logits = normal.icdf(1.0 - (bin_end - bin_counts / 2) / tail_size)
+    tail_bins = len(bin_counts)
     gen = torch.Generator().manual_seed(int(seed))
-    action_class = torch.zeros(horizon, num_actions, dtype=torch.int8)
-    plausible = torch.zeros(horizon, num_actions, dtype=torch.bool)
-    logits = torch.randn(horizon, num_actions, generator=gen, dtype=torch.float64) * tail_std
-    head_weights = torch.tensor(per_action, dtype=torch.float64)
-    for h in range(horizon):
-        head = torch.randperm(num_actions, generator=gen)[:head_size]
-        plausible[h, head] = True
-        action_class[h, head] = torch.tensor(classes, dtype=torch.int8)
-        # Head logits chosen so that the softmax gives head and tail exactly their relative weights.
-        tail_lse = torch.logsumexp(logits[h][~plausible[h]], dim=0)
-        logits[h, head] = tail_lse + torch.log(head_weights / tail_weight)
-    quality = torch.zeros(horizon, num_actions, dtype=torch.float32)
-    quality[action_class == OPTIMAL] = 1.0
-    quality[action_class == DECOY] = float(decoy_quality)
-    return ChainMDP(action_class, quality, logits.float(), plausible, float(decoy_quality))
 
+    def log_uniform(rng: Sequence[float]) -> torch.Tensor:
+        u = torch.rand(states, generator=gen, dtype=torch.float64)
+        return torch.exp(math.log(rng[0]) + u * (math.log(rng[1]) - math.log(rng[0])))
 
-def exact_success_probability(logits: torch.Tensor, optimal: torch.Tensor) -> torch.Tensor:
-    """``prod_h pi_h(O_h)`` for ``(..., H, A)`` logits and a broadcastable ``(..., H, A)`` bool optimal mask."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    return (probs * optimal).sum(-1).prod(-1)
+    p_answer, p_decoy = log_uniform(answer_prob), log_uniform(decoy_prob)
+    p_extra = torch.stack([log_uniform(extra_prob) for _ in range(NUM_CANDIDATES - 1)], dim=1)
+    tail_lse = torch.logsumexp(tail_logits + bin_counts.log(), dim=0)
+    wrong = torch.tensor(list(wrong_head_probs), dtype=torch.float64)
+    head_mass = p_answer + p_extra.sum(1) + p_decoy + wrong.sum()  # (states,)
+    if bool((head_mass >= 1).any()):
+        raise ValueError("the head's prior probabilities add up to 1 or more; lower wrong_head_probs or decoy_prob")
+    # logits chosen so that the softmax gives the head exactly its probabilities and the tail the rest
+    log_tail_mass = torch.log1p(-head_mass)
 
+    def head_logit(prob: torch.Tensor) -> torch.Tensor:
+        return tail_lse + torch.log(prob) - log_tail_mass[:, None]
 
-def exact_expected_return(logits: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """``prod_h sum_a pi_h(a) q_h(a)``: the expected return of the chain MDP (steps are independent given the
-    policy, and a wrong action's quality 0 zeroes the product exactly as ending the episode does)."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    return (probs * quality).sum(-1).prod(-1)
-
-
-def sample_episodes(probs: torch.Tensor, group_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Sample ``group_size`` actions per state from ``(runs, H, A)`` probabilities: ``(runs, group_size, H)``.
-
-    All ``H`` actions are drawn up front; the ones after a wrong action are never visited (see ``visited_mask``).
-    """
-    runs, horizon, num_actions = probs.shape
-    flat = torch.multinomial(
-        probs.reshape(runs * horizon, num_actions), group_size, replacement=True, generator=generator
+    logits = torch.cat(
+        [
+            head_logit(p_answer[:, None]),
+            head_logit(p_extra),
+            head_logit(p_decoy[:, None]),
+            head_logit(wrong.expand(states, -1)),
+            tail_logits.expand(states, -1),
+        ],
+        dim=1,
     )
-    return flat.reshape(runs, horizon, group_size).transpose(1, 2).contiguous()
+    kind = torch.tensor(
+        list(range(NUM_CANDIDATES)) + [DECOY] + [WRONG_HEAD] * len(wrong_head_probs) + [TAIL] * tail_bins
+    )
+    counts = torch.cat([torch.ones(head, dtype=torch.float64), bin_counts])
+    return Instance(logits, counts, kind, float(decoy_reward))
 
 
-def visited_mask(step_quality: torch.Tensor) -> torch.Tensor:
-    """``(..., H)`` bool: state ``h`` is visited when every earlier action had positive quality."""
-    alive = (step_quality > 0).to(torch.int32)
-    before = torch.cumprod(alive, dim=-1)
-    return torch.cat([torch.ones_like(before[..., :1]), before[..., :-1]], dim=-1).bool()
+# --------------------------------------------------------------------------------------------------------------
+# Exact quantities on grouped logits.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _log_probs(z: torch.Tensor, log_counts: torch.Tensor) -> torch.Tensor:
+    """Per-action log-probability of each group, ``(..., G)``."""
+    return z - torch.logsumexp(z + log_counts, dim=-1, keepdim=True)
+
+
+def exact_expected_reward(z: torch.Tensor, counts: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """``sum_a pi(a) r(a)`` per row of grouped logits ``(..., G)`` (``counts`` actions per group)."""
+    logp = _log_probs(z, counts.log())
+    return (counts * logp.exp() * rewards).sum(-1)
+
+
+def grouped_clamped_entropy(z: torch.Tensor, counts: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`aent.clamped_entropy` of the expanded logits, computed on the groups: ``(..., G) -> (...)``.
+
+    SPEC section 1: remove the ``k = floor(p * V)`` lowest logits (``V = counts.sum()``), keeping every action whose
+    logit is at least the (k+1)-th smallest (ties stay together, so a group is kept or removed whole); the entropy of
+    the renormalised kept distribution. The kept set carries no gradient.
+    """
+    total = int(round(float(counts.sum())))
+    k = num_removed(total, p) if p > 0 else 0
+    log_counts = counts.log().expand_as(z)
+    if k > 0:
+        with torch.no_grad():
+            order = torch.argsort(z, dim=-1)
+            cum = torch.cumsum(counts.expand_as(z).gather(-1, order), dim=-1)
+            first_kept = torch.searchsorted(
+                cum, torch.full(cum.shape[:-1] + (1,), float(k), dtype=cum.dtype), right=True
+            )
+            threshold = z.gather(-1, order.gather(-1, first_kept))
+            kept = z >= threshold
+        log_counts = torch.where(kept, log_counts, torch.full_like(log_counts, -math.inf))
+    logz = torch.logsumexp(z + log_counts, dim=-1, keepdim=True)
+    logq = z - logz
+    w = log_counts.exp()
+    return -(w * logq.exp() * logq).sum(-1)
+
+
+def predicted_reward(counts: torch.Tensor, rewards: torch.Tensor, coef: float, p: float) -> float:
+    """Expected reward at the stationary point of ``E[r] + coef * H_p``: ``pi ~ exp(r / coef)`` on the entropy's
+    support (all actions for ``p = 0``, the top ``(1 - p) V`` with every rewarding action among them otherwise);
+    1 without an entropy term (the best action)."""
+    if coef <= 0:
+        return float(rewards.max())
+    total = float(counts.sum())
+    support = total - (num_removed(int(round(total)), p) if p > 0 else 0)
+    pos = rewards > 0
+    w = counts[pos] * torch.exp((rewards[pos] - 1.0) / coef)  # scaled by e^{-1/coef} against overflow
+    zeros = max(support - float(counts[pos].sum()), 0.0) * math.exp(-1.0 / coef)
+    return float((w * rewards[pos]).sum() / (w.sum() + zeros))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,12 +251,13 @@ def visited_mask(step_quality: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LearnerSpec:
-    """One learner: the entropy term it adds (``kind`` none / constant / adaptive) and the removed fraction ``p``."""
+    """One learner: ``kind`` none / constant / adaptive, removed fraction ``clamp_p``, coefficient ``coef``."""
 
     name: str
-    kind: str  # "none", "constant", "adaptive"
+    kind: str
     clamp_p: float = 0.0
     coef: float = 0.0
+    in_figure: bool = True
 
 
 @dataclass
@@ -221,45 +265,52 @@ class ToyConfig:
     """Every setting of the experiment. Defaults are the documented default run (docs/TOY.md)."""
 
     num_actions: int = 100_000
-    horizon: int = 3
-    sparsities: List[int] = field(default_factory=lambda: [15, 10, 5, 2, 1])
-    seeds: int = 5
+    states: int = 25
+    tail_bins: int = 40
+    sparsities: List[int] = field(default_factory=lambda: [15, 10, 5, 1])
+    instances: int = 5
     first_seed: int = 0
-    steps: int = 100
-    group_size: int = 16
-    lr: float = 0.1
-    adam_eps: float = 1e-8
-    optimizer: str = "adam"
-    coef: float = 1e-4
+    steps: int = 1500
+    lr: float = 1.0
+    optimizer: str = "gd"
+    sampled: int = 0
+    coefs: List[float] = field(default_factory=lambda: [0.1])
     clamp_ps: List[float] = field(default_factory=lambda: [0.33, 0.999])
     aent_ps: List[float] = field(default_factory=lambda: [0.999])
-    aent_band: Tuple[float, float] = (0.5, 1.0)
-    aent_lr: float = 5e-5
-    aent_coef_min: float = 1e-5
-    aent_coef_max: float = 1e-3
-    aent_warmup: int = 0
-    optimal_weight: float = 0.01
-    split_optimal: bool = False
-    decoy_weights: List[float] = field(default_factory=lambda: [0.45, 0.20])
-    plausible_wrong_weights: List[float] = field(default_factory=lambda: [0.10, 0.05, 0.05])
-    tail_weight: float = 0.05
-    tail_std: float = 1.0
-    decoy_quality: float = 0.8
-    log_points: int = 25
-    threads: Optional[int] = None
+    aent_band: List[float] = field(default_factory=lambda: [1.0, 2.0])
+    aent_lr: float = 0.01
+    aent_coef_min: float = 0.01
+    aent_coef_max: float = 0.3
+    answer_prob: List[float] = field(default_factory=lambda: [3e-5, 3e-3])
+    decoy_prob: List[float] = field(default_factory=lambda: [0.03, 0.3])
+    decoy_reward: float = 0.05
+    extra_prob: List[float] = field(default_factory=lambda: [1e-5, 1e-3])
+    log_points: int = 80
+    # one torch thread: the tensors are small, so a second thread costs more than it gives (10x on a busy machine)
+    threads: Optional[int] = 1
 
     def learners(self) -> List[LearnerSpec]:
-        return default_learners(self.coef, self.clamp_ps, self.aent_ps)
+        learners = [LearnerSpec("no reg.", "none")]
+        multi = len(self.coefs) > 1
+        for c in self.coefs:
+            suffix = f" coef={c:g}" if multi else ""
+            learners.append(LearnerSpec(f"entropy reg.{suffix}", "constant", 0.0, c))
+            learners += [LearnerSpec(f"clamped p={p:g}{suffix}", "constant", float(p), c) for p in self.clamp_ps]
+        learners += [
+            LearnerSpec(f"AEnt p={p:g} (not in the figure)", "adaptive", float(p), self.coefs[0], in_figure=False)
+            for p in self.aent_ps
+        ]
+        return learners
 
-    def mdp_kwargs(self) -> Dict[str, Any]:
+    def instance_kwargs(self) -> Dict[str, Any]:
         return {
-            "optimal_weight": self.optimal_weight,
-            "split_optimal": self.split_optimal,
-            "decoy_weights": tuple(self.decoy_weights),
-            "plausible_wrong_weights": tuple(self.plausible_wrong_weights),
-            "tail_weight": self.tail_weight,
-            "tail_std": self.tail_std,
-            "decoy_quality": self.decoy_quality,
+            "num_actions": self.num_actions,
+            "states": self.states,
+            "tail_bins": self.tail_bins,
+            "answer_prob": tuple(self.answer_prob),
+            "decoy_prob": tuple(self.decoy_prob),
+            "decoy_reward": self.decoy_reward,
+            "extra_prob": tuple(self.extra_prob),
         }
 
     def validate(self) -> None:
@@ -267,47 +318,44 @@ class ToyConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("num_actions", "horizon", "seeds", "steps", "group_size", "log_points"):
+        for name in ("num_actions", "states", "tail_bins", "instances", "steps", "log_points"):
             positive_int(name, getattr(self, name))
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2 (the group baseline needs two episodes), got {self.group_size}")
         if not self.sparsities:
-            raise ValueError("sparsities is empty: give at least one number of optimal actions, e.g. 15,5,1")
+            raise ValueError("sparsities is empty: give at least one number of optimal actions, e.g. 15,10,5,1")
         for k in self.sparsities:
             positive_int("each sparsity (number of optimal actions)", k)
+            if k > NUM_CANDIDATES:
+                raise ValueError(f"each sparsity must be at most {NUM_CANDIDATES} (the nested candidates), got {k}")
+        if not self.coefs:
+            raise ValueError("coefs is empty: give at least one entropy coefficient, e.g. 0.1")
+        for c in self.coefs:
+            if not (math.isfinite(c) and c > 0):
+                raise ValueError(f"each coef must be a positive number, got {c}")
         for p in list(self.clamp_ps) + list(self.aent_ps):
-            if not (0.0 < p < 1.0):
+            if not 0.0 < p < 1.0:
                 raise ValueError(
-                    f"each clamp p must be in (0, 1) (the removed fraction of the actions; 0 is the plain bonus, "
-                    f"which always runs), got {p}"
+                    f"each clamp p must be in (0, 1) (the removed fraction; the plain bonus, p = 0, always runs), got {p}"
                 )
-            if self.num_actions - num_removed(self.num_actions, p) < 2:
-                raise ValueError(f"clamp p={p} keeps fewer than 2 of {self.num_actions} actions; use a smaller p")
-        for name in ("lr", "coef"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        low, high = self.aent_band
-        if not (0 <= low <= high):
-            raise ValueError(f"aent band must satisfy 0 <= low <= high (nats), got {self.aent_band}")
-        if self.aent_ps and not (self.aent_coef_min <= self.coef <= self.aent_coef_max):
-            raise ValueError(
-                f"the AEnt initial coefficient (coef={self.coef}) must lie in [aent_coef_min, aent_coef_max] = "
-                f"[{self.aent_coef_min}, {self.aent_coef_max}]"
+            if self.num_actions - num_removed(self.num_actions, p) < NUM_CANDIDATES + 2:
+                raise ValueError(f"clamp p={p} keeps fewer than {NUM_CANDIDATES + 2} of {self.num_actions} actions")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in ("gd", "adam"):
+            raise ValueError(f"optimizer must be 'gd' (plain gradient steps) or 'adam', got {self.optimizer!r}")
+        if self.sampled == 1 or self.sampled < 0:
+            raise ValueError(f"sampled must be 0 (exact gradients) or a GRPO group size >= 2, got {self.sampled}")
+        if self.aent_ps:
+            low, high = self.aent_band
+            build_coefficient(
+                self.coefs[0],
+                lr=self.aent_lr,
+                entropy_low=low,
+                entropy_high=high,
+                coef_min=self.aent_coef_min,
+                coef_max=self.aent_coef_max,
             )
         if self.threads is not None:
             positive_int("threads", self.threads)
-
-
-def default_learners(coef: float, clamp_ps: Sequence[float], aent_ps: Sequence[float] = ()) -> List[LearnerSpec]:
-    """No entropy; the plain bonus; the clamped bonus for each ``p`` in ``clamp_ps``; AEnt for each ``p`` in
-    ``aent_ps`` (clamped bonus with the adaptive coefficient, starting at ``coef``)."""
-    learners = [LearnerSpec("no entropy", "none"), LearnerSpec("entropy", "constant", 0.0, coef)]
-    learners += [LearnerSpec(f"clamped p={p:g}", "constant", float(p), coef) for p in clamp_ps]
-    learners += [LearnerSpec(f"AEnt p={p:g}", "adaptive", float(p), coef) for p in aent_ps]
-    return learners
 
 
 def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> AdaptiveCoefficient:
@@ -319,9 +367,13 @@ def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> AdaptiveCoefficient:
             entropy_high=cfg.aent_band[1],
             coef_min=cfg.aent_coef_min,
             coef_max=cfg.aent_coef_max,
-            warmup_steps=cfg.aent_warmup,
         )
     return build_coefficient(spec.coef if spec.kind == "constant" else 0.0)
+
+
+def _log_steps(steps: int, points: int) -> List[int]:
+    points = min(points, steps)
+    return sorted({round(i * steps / points) for i in range(points + 1)})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -329,224 +381,154 @@ def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> AdaptiveCoefficient:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def visit_weighted_mean(per_state: torch.Tensor, visits: torch.Tensor) -> torch.Tensor:
-    """Token-mean of a per-state quantity over a group's visited states: ``sum_h n_h x_h / sum_h n_h``.
-
-    ``per_state`` and ``visits`` are ``(runs, H)``; every visit of a state sees the same logits, so this equals verl's
-    ``token-mean`` (:func:`aent.aggregate`) over the group's ``(group_size, H)`` response tokens.
-    """
-    return (per_state * visits).sum(-1) / visits.sum(-1)
-
-
-def _log_steps(steps: int, points: int) -> List[int]:
-    """Iterations (0 = before training, ``steps`` = after the last update) at which curves are recorded."""
-    points = min(points, steps)
-    return sorted({round(i * steps / points) for i in range(points + 1)})
-
-
 def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
-    """Train every (sparsity, learner, seed) run for ``cfg.steps`` iterations and return the results dictionary
-    that ``results.json`` holds (see :func:`main` and docs/TOY.md for its schema)."""
+    """Train every (learner, sparsity, instance) run for ``cfg.steps`` steps; return the ``results.json`` dict."""
     cfg.validate()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     learners = cfg.learners()
-    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-    # Run order (learner, sparsity, seed): each learner's runs are one contiguous slice of the batch.
+    seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.instances))
+    instances = [build_instance(s, **cfg.instance_kwargs()) for s in seeds]
+    counts = instances[0].counts  # the same layout for every instance
+    log_counts = counts.log()
     runs = [
-        (li, ki, si) for li in range(len(learners)) for ki in range(len(cfg.sparsities)) for si in range(len(seeds))
+        (li, ki, ii) for li in range(len(learners)) for ki in range(len(cfg.sparsities)) for ii in range(len(seeds))
     ]
-    per_learner = len(cfg.sparsities) * len(seeds)
-    H, A = cfg.horizon, cfg.num_actions
-
-    mdps = {}
-    for ki, k in enumerate(cfg.sparsities):
-        for si, seed in enumerate(seeds):
-            # The MDP depends on (seed, sparsity) only: every learner faces the same instances.
-            mdps[ki, si] = build_mdp(A, H, k, seed * 1000 + k, **cfg.mdp_kwargs())
-    init = torch.stack([mdps[ki, si].init_logits for _, ki, si in runs])
-    quality = torch.stack([mdps[ki, si].quality for _, ki, si in runs])
-    optimal = torch.stack([mdps[ki, si].action_class == OPTIMAL for _, ki, si in runs])
-    plausible = torch.stack([mdps[ki, si].plausible for _, ki, si in runs])
-    logits = init.clone().requires_grad_(True)
-    if cfg.optimizer == "adam":
-        # fused: one pass over the (runs, H, A) tensor instead of several; same update rule
-        opt = torch.optim.Adam([logits], lr=cfg.lr, eps=cfg.adam_eps, fused=True)
-    else:
-        opt = torch.optim.SGD([logits], lr=cfg.lr)
+    R, S, G = len(runs), cfg.states, counts.numel()
+    init = torch.stack([instances[ii].logits for _, _, ii in runs])  # (R, S, G)
+    rewards = torch.stack([instances[ii].rewards(cfg.sparsities[ki]) for _, ki, ii in runs])[:, None, :]  # (R, 1, G)
     coefs = [_make_coefficient(learners[li], cfg) for li, _, _ in runs]
+    groups_by_p: Dict[float, List[int]] = {}
+    for r, (li, _, _) in enumerate(runs):
+        if learners[li].kind != "none":
+            groups_by_p.setdefault(learners[li].clamp_p, []).append(r)
+    index_by_p = {p: torch.tensor(rs) for p, rs in groups_by_p.items()}
+
+    z = init.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=cfg.lr) if cfg.optimizer == "adam" else None
     gen = torch.Generator().manual_seed(cfg.first_seed * 7919 + 17)
-
-    log_at = _log_steps(cfg.steps, cfg.log_points)
-    curves = {name: [] for name in ("success", "expected_return", "entropy", "clamped_entropy", "tail_mass", "coef")}
+    log_at = set(_log_steps(cfg.steps, cfg.log_points))
     curve_steps: List[int] = []
+    curves: Dict[str, List[torch.Tensor]] = {"reward": [], "entropy": [], "coef": []}
 
-    def record(step: int, measured_clamped: Optional[torch.Tensor]) -> None:
+    def record(step: int) -> None:
         with torch.no_grad():
-            z = logits.detach()
-            probs = torch.softmax(z, dim=-1)
-            curves["success"].append(exact_success_probability(z, optimal))
-            curves["expected_return"].append(exact_expected_return(z, quality))
-            curves["entropy"].append(clamped_entropy(z, 0.0).mean(-1))
-            curves["tail_mass"].append((probs * ~plausible).sum(-1).mean(-1))
-            curves["coef"].append(torch.tensor([c.value for c in coefs]))
-            if measured_clamped is None:
-                measured_clamped = torch.full((len(runs),), float("nan"))
-            curves["clamped_entropy"].append(measured_clamped.clone())
+            zd = z.detach()
+            curves["reward"].append(exact_expected_reward(zd, counts, rewards).mean(-1))
+            curves["entropy"].append(grouped_clamped_entropy(zd, counts, 0.0).mean(-1))
+            curves["coef"].append(torch.tensor([c.value for c in coefs], dtype=torch.float64))
         curve_steps.append(step)
 
-    record(0, None)
+    record(0)
     started = time.perf_counter()
-    iterator = range(cfg.steps)
+    iterator: Any = range(cfg.steps)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(iterator, desc=f"toy-mdp ({len(runs)} runs x {H} states x {A} actions)", unit="it", file=sys.stderr)
+        bar = tqdm(iterator, desc=f"toy-mdp ({R} runs x {S} states)", unit="step", file=sys.stderr, mininterval=2)
         iterator = bar
+    coef_values = torch.zeros(R, dtype=torch.float64)
     for step in iterator:
+        for r, c in enumerate(coefs):
+            coef_values[r] = c.value
+        logp = _log_probs(z, log_counts)
+        if cfg.sampled:
+            with torch.no_grad():
+                probs = (logp.detach() + log_counts).exp().reshape(R * S, G)
+                picks = torch.multinomial(probs, cfg.sampled, replacement=True, generator=gen).reshape(R, S, -1)
+                sample_r = rewards.expand(R, S, G).gather(-1, picks)
+                adv = grpo_advantages(sample_r)  # (R, S, group)
+            # GRPO surrogate: its gradient is the sampled policy gradient (mean over the group)
+            objective = (adv * logp.gather(-1, picks)).mean(-1)
+        else:
+            objective = (counts * logp.exp() * rewards).sum(-1)  # exact E[r], (R, S)
+        measured = torch.full((R,), float("nan"), dtype=torch.float64)
+        for p, idx in index_by_p.items():
+            ent = grouped_clamped_entropy(z[idx], counts, p)  # (runs, S)
+            objective = objective.index_add(0, idx, coef_values[idx, None] * ent)
+            measured[idx] = ent.detach().mean(-1)
+        # gradient per group / actions per group = the gradient of each of its actions
+        (grad,) = torch.autograd.grad(objective.sum(), z)
+        grad = grad / counts
         with torch.no_grad():
-            probs = torch.softmax(logits.detach(), dim=-1)
-            actions = sample_episodes(probs, cfg.group_size, gen)  # (R, G, H)
-            step_q = quality.gather(2, actions.transpose(1, 2)).transpose(1, 2)  # (R, G, H)
-            returns = step_q.prod(-1)
-            advantages = grpo_advantages(returns)
-            visited = visited_mask(step_q).float()  # (R, G, H)
-            tokens = visited.sum(dim=(1, 2))  # every run visits s_0 group_size times, so > 0
-            visits = visited.sum(dim=1)  # (R, H)
-        logp = torch.log_softmax(logits, dim=-1)
-        logp_taken = logp.gather(2, actions.transpose(1, 2)).transpose(1, 2)  # (R, G, H)
-        # token-mean policy-gradient loss per run (verl's default loss_agg_mode), summed over runs
-        pg_loss = (-(advantages.unsqueeze(-1) * logp_taken * visited).sum(dim=(1, 2)) / tokens).sum()
-        # Entropy of each state once per run; its token-mean over the group's visited states is the visit-weighted
-        # mean (every visit of a state sees the same logits, so this equals aent.aggregate over the tokens).
-        measured = torch.zeros(len(runs))
-        entropy_loss = logits.new_zeros(())
-        for li, spec in enumerate(learners):
-            sl = slice(li * per_learner, (li + 1) * per_learner)
-            if spec.kind == "none":
-                if step + 1 in log_at:  # only measured for the curves: no term in its loss
-                    with torch.no_grad():
-                        measured[sl] = visit_weighted_mean(clamped_entropy(logits.detach()[sl], 0.0), visits[sl])
-                continue
-            ent = clamped_entropy(logits[sl], spec.clamp_p)  # (runs of this learner, H), nats
-            token_mean = visit_weighted_mean(ent, visits[sl])
-            measured[sl] = token_mean.detach()
-            coef_values = torch.tensor([coefs[r].value for r in range(sl.start, sl.stop)])
-            entropy_loss = entropy_loss + (coef_values * token_mean).sum()
-        loss = pg_loss - entropy_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        for r, coef in enumerate(coefs):
-            coef.update(float(measured[r]), step)
+            if opt is None:
+                z += cfg.lr * grad
+            else:
+                z.grad = -grad
+                opt.step()
+        for r, c in enumerate(coefs):
+            if math.isfinite(float(measured[r])):
+                c.update(float(measured[r]), step)
         if step + 1 in log_at:
-            record(step + 1, measured)
-        if bar is not None and (step % 10 == 0 or step + 1 == cfg.steps):
-            mean_success = float(curves["success"][-1].mean())
-            bar.set_postfix(success=f"{mean_success:.3f}")
+            record(step + 1)
     elapsed = time.perf_counter() - started
     if bar is not None:
         bar.close()
 
     stacked = {name: torch.stack(vals, dim=1) for name, vals in curves.items()}  # (R, points)
     results_runs = []
-    for r, (li, ki, si) in enumerate(runs):
-        succ = stacked["success"][r]
-        auc = float(torch.trapezoid(succ, torch.tensor(curve_steps, dtype=torch.float32)) / max(cfg.steps, 1))
-        reached = torch.nonzero(succ >= 0.5).flatten()
+    for r, (li, ki, ii) in enumerate(runs):
+        spec = learners[li]
+        final_coef = float(stacked["coef"][r, -1])
         results_runs.append(
             {
-                "learner": learners[li].name,
+                "learner": spec.name,
                 "sparsity": cfg.sparsities[ki],
-                "seed": seeds[si],
-                "final_success": float(succ[-1]),
-                "final_expected_return": float(stacked["expected_return"][r, -1]),
-                "mean_success": auc,
-                "steps_to_success_0.5": None if len(reached) == 0 else int(curve_steps[int(reached[0])]),
-                "final_entropy": float(stacked["entropy"][r, -1]),
-                "final_tail_mass": float(stacked["tail_mass"][r, -1]),
-                "final_coef": float(stacked["coef"][r, -1]),
-                # not measured before the first update: null (JSON has no NaN)
-                "curves": {
-                    name: [round(float(v), 6) if math.isfinite(float(v)) else None for v in stacked[name][r]]
-                    for name in stacked
-                },
+                "instance": seeds[ii],
+                "final_reward": float(stacked["reward"][r, -1]),
+                "predicted_reward": predicted_reward(counts, rewards[r, 0], final_coef, spec.clamp_p),
+                "final_coef": final_coef,
+                "curves": {name: [round(float(v), 6) for v in stacked[name][r]] for name in stacked},
             }
         )
     return {
         "schema_version": SCHEMA_VERSION,
         "experiment": "aent toy-mdp: paper Figure 1 (arXiv 2509.03493), SPEC section 4",
-        "config": _jsonable(dataclasses.asdict(cfg)),
-        "mdp": {
-            "num_actions": A,
-            "horizon": H,
-            "states": "chain s_0..s_{H-1}; wrong action ends the episode with reward 0",
-            "reward": "product over steps of the action quality: optimal 1, decoy decoy_quality, wrong 0",
-            "decoy_quality": cfg.decoy_quality,
-            "prior": {
-                "weights": "relative initial probabilities, normalised per state",
-                "optimal_weight": cfg.optimal_weight,
-                "optimal_weight_is": "total of all optimal actions" if cfg.split_optimal else "each optimal action",
-                "decoy_weights": cfg.decoy_weights,
-                "plausible_wrong_weights": cfg.plausible_wrong_weights,
-                "tail_weight": cfg.tail_weight,
-                "tail_logits": f"Normal(0, {cfg.tail_std})",
-                "initial_optimal_probability": {str(k): _initial_optimal_probability(cfg, k) for k in cfg.sparsities},
-            },
-            "mdp_seed": "seed * 1000 + sparsity",
-        },
+        "config": dataclasses.asdict(cfg),
+        "update": (f"sampled GRPO, group {cfg.sampled}" if cfg.sampled else "exact policy gradient")
+        + (", Adam" if cfg.optimizer == "adam" else ", plain gradient steps"),
         "learners": [dataclasses.asdict(s) for s in learners],
-        "seeds": seeds,
+        "instances": seeds,
         "curve_steps": curve_steps,
         "elapsed_seconds": round(elapsed, 2),
         "torch_threads": torch.get_num_threads(),
+        "paper": {str(k): v for k, v in PAPER.items()},
         "runs": results_runs,
-        "summary": summarize(results_runs, learners, cfg.sparsities),
+        "summary": summarize(results_runs, learners, cfg.sparsities, curve_steps),
     }
 
 
-def _initial_optimal_probability(cfg: ToyConfig, k: int) -> float:
-    optimal = cfg.optimal_weight if cfg.split_optimal else k * cfg.optimal_weight
-    total = optimal + sum(cfg.decoy_weights) + sum(cfg.plausible_wrong_weights) + cfg.tail_weight
-    return round(optimal / total, 6)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def summarize(
-    runs: List[Dict[str, Any]], learners: Sequence[LearnerSpec], sparsities: Sequence[int]
+    runs: List[Dict[str, Any]], learners: Sequence[LearnerSpec], sparsities: Sequence[int], steps: Sequence[int]
 ) -> List[Dict[str, Any]]:
-    """Mean and spread across seeds of the final success probability and of its mean over training, per setting."""
+    """Per (learner, K): final average reward (mean, s.e.m. over instances), the paired gain over no reg., the
+    predicted stationary reward, and whether the mean curve still moves by more than 0.01 over the last 20%."""
     rows = []
+    last_part = [i for i, s in enumerate(steps) if s >= 0.8 * steps[-1]]
     for k in sparsities:
+        base = {
+            r["instance"]: r["final_reward"] for r in runs if r["learner"] == learners[0].name and r["sparsity"] == k
+        }
         for spec in learners:
             sel = [r for r in runs if r["learner"] == spec.name and r["sparsity"] == k]
-            final = torch.tensor([r["final_success"] for r in sel], dtype=torch.float64)
-            auc = torch.tensor([r["mean_success"] for r in sel], dtype=torch.float64)
-            ret = torch.tensor([r["final_expected_return"] for r in sel], dtype=torch.float64)
-            tail = torch.tensor([r["final_tail_mass"] for r in sel], dtype=torch.float64)
+            final = torch.tensor([r["final_reward"] for r in sel], dtype=torch.float64)
+            gain = torch.tensor([r["final_reward"] - base[r["instance"]] for r in sel], dtype=torch.float64)
+            mean_curve = torch.tensor([r["curves"]["reward"] for r in sel], dtype=torch.float64).mean(0)
+            tail = mean_curve[last_part]
             n = len(sel)
             rows.append(
                 {
                     "sparsity": k,
                     "learner": spec.name,
-                    "num_seeds": n,
-                    "final_success_mean": float(final.mean()),
-                    "final_success_sem": float(final.std() / math.sqrt(n)) if n > 1 else 0.0,
-                    "final_success_min": float(final.min()),
-                    "final_success_max": float(final.max()),
-                    "mean_success_mean": float(auc.mean()),
-                    "mean_success_sem": float(auc.std() / math.sqrt(n)) if n > 1 else 0.0,
-                    "final_expected_return_mean": float(ret.mean()),
-                    "final_tail_mass_mean": float(tail.mean()),
-                    "num_solved": int((final >= 0.5).sum()),
+                    "in_figure": spec.in_figure,
+                    "num_instances": n,
+                    "final_reward_mean": float(final.mean()),
+                    "final_reward_sem": float(final.std() / math.sqrt(n)) if n > 1 else 0.0,
+                    "gain_mean": float(gain.mean()),
+                    "gain_sem": float(gain.std() / math.sqrt(n)) if n > 1 else 0.0,
+                    "predicted_reward": sum(r["predicted_reward"] for r in sel) / n,
+                    "converged": bool(float(tail.max() - tail.min()) <= 0.01),
                 }
             )
     return rows
@@ -558,91 +540,117 @@ def summarize(
 
 
 def markdown_table(results: Dict[str, Any]) -> str:
-    """One row per learner, one column per sparsity: final P(all-optimal answer), mean +- s.e.m. over seeds, and the
-    number of seeds that reached 0.5."""
-    sparsities = results["config"]["sparsities"]
+    """Final average reward per learner and K (mean +- s.e.m. over instances; the predicted stationary reward in
+    brackets; "not converged" where the curve still moves), the paired gain over no reg., and the paper's numbers."""
+    cfg = results["config"]
+    ks = cfg["sparsities"]
     names = [spec["name"] for spec in results["learners"]]
     by = {(row["learner"], row["sparsity"]): row for row in results["summary"]}
-    n = results["config"]["seeds"]
-    header = "| learner | " + " | ".join(f"{k} optimal" for k in sparsities) + " |"
+    header = "| learner | " + " | ".join(f"K = {k}" for k in ks) + " |"
+    rule = "|---|" + "---|" * len(ks)
     lines = [
-        f"Final probability of the all-optimal answer after {results['config']['steps']} iterations "
-        f"(mean +- s.e.m. over {n} seeds; [seeds >= 0.5]).",
+        f"Average reward after {cfg['steps']} steps ({results['update']}; mean +- s.e.m. over {cfg['instances']} "
+        "instances; [predicted stationary point]; * = not converged: the mean curve moves by > 0.01 over the last 20%).",
         "",
         header,
-        "|---|" + "---|" * len(sparsities),
+        rule,
     ]
     for name in names:
         cells = []
-        for k in sparsities:
+        for k in ks:
             row = by[name, k]
-            cells.append(f"{row['final_success_mean']:.3f} +- {row['final_success_sem']:.3f} [{row['num_solved']}/{n}]")
+            flag = "" if row["converged"] else " *"
+            cells.append(
+                f"{row['final_reward_mean']:.3f} +- {row['final_reward_sem']:.3f} [{row['predicted_reward']:.2f}]{flag}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Mean over training of the same probability (area under the curve / iterations):",
-        "",
-        header,
-        "|---|" + "---|" * len(sparsities),
-    ]
-    for name in names:
-        cells = [f"{by[name, k]['mean_success_mean']:.3f} +- {by[name, k]['mean_success_sem']:.3f}" for k in sparsities]
+    paper = results["paper"]
+    for key, label in (("no_reg", "paper: no reg."), ("entropy", "paper: entropy reg."), ("clamped", "paper: clamped")):
+        cells = [_fmt(paper.get(str(k), {}).get(key)) for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Gain over no reg. (paired by instance, mean +- s.e.m.):", "", header, rule]
+    for name in names[1:]:
+        cells = [f"{by[name, k]['gain_mean']:+.3f} +- {by[name, k]['gain_sem']:.3f}" for k in ks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Final probability mass on the prior's tail (actions outside the initial plausible set), mean over "
-        "seeds and states:",
-        "",
-        header,
-        "|---|" + "---|" * len(sparsities),
-    ]
-    for name in names:
-        lines.append(
-            f"| {name} | " + " | ".join(f"{by[name, k]['final_tail_mass_mean']:.3f}" for k in sparsities) + " |"
-        )
+    for key, label in (("gain_entropy", "paper: entropy reg."), ("gain_clamped", "paper: clamped")):
+        cells = [_fmt(paper.get(str(k), {}).get(key), sign=True) for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_results(results: Dict[str, Any], path: str, metric: str = "success") -> None:
-    """Paper-Figure-1 layout: one panel per sparsity, one curve per learner (mean over seeds), shaded min-max."""
+def _fmt(value: Optional[float], sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if sign else f"{value:.2f}"
+
+
+def plot_results(results: Dict[str, Any], path: str) -> None:
+    """The published layout: average reward against step for K = 15, 10, 1 (those present), and a bar panel of the
+    gain over no reg. at every K next to the paper's read-off gains (black markers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sparsities = results["config"]["sparsities"]
+    cfg = results["config"]
+    ks = cfg["sparsities"]
+    panels = [k for k in (15, 10, 1) if k in ks] or ks[:3]
     names = [spec["name"] for spec in results["learners"]]
     steps = results["curve_steps"]
-    fig, axes = plt.subplots(1, len(sparsities), figsize=(3.2 * len(sparsities), 3.0), sharey=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, k in zip(axes[0], sparsities):
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.3 * (len(panels) + 1), 3.2))
+    for ax, k in zip(axes, panels):
         for i, name in enumerate(names):
-            sel = [r["curves"][metric] for r in results["runs"] if r["learner"] == name and r["sparsity"] == k]
-            vals = torch.tensor(sel, dtype=torch.float64)
-            mean = vals.mean(0)
-            style = "--" if name.startswith("AEnt") else "-"
-            ax.plot(steps, mean.tolist(), style, color=colors[i % len(colors)], label=name, linewidth=1.5)
+            vals = torch.tensor(
+                [r["curves"]["reward"] for r in results["runs"] if r["learner"] == name and r["sparsity"] == k]
+            )
+            style = ":" if "not in the figure" in name else "-"
+            ax.plot(steps, vals.mean(0).tolist(), style, color=colors[i % len(colors)], label=name, linewidth=1.4)
             ax.fill_between(
                 steps,
                 vals.min(0).values.tolist(),
                 vals.max(0).values.tolist(),
                 color=colors[i % len(colors)],
-                alpha=0.12,
-                linewidth=0,
+                alpha=0.1,
             )
-        ax.set_title(f"{k} optimal action{'s' if k != 1 else ''}")
-        ax.set_xlabel("iteration")
+        ax.set_title(f"{k} optimal action{'s' if k != 1 else ''}", fontsize=9)
+        ax.set_xlabel("Step")
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("P(all-optimal answer)" if metric == "success" else metric)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    cfg = results["config"]
+    axes[0].set_ylabel("Average reward")
+    axes[0].legend(fontsize=6, loc="upper left")
+    ax = axes[-1]
+    by = {(row["learner"], row["sparsity"]): row for row in results["summary"]}
+    width = 0.8 / max(len(names) - 1, 1)
+    for i, name in enumerate(names[1:], start=1):
+        xs = [j + (i - 1) * width - 0.4 + width / 2 for j in range(len(ks))]
+        ax.bar(
+            xs,
+            [by[name, k]["gain_mean"] for k in ks],
+            width,
+            yerr=[by[name, k]["gain_sem"] for k in ks],
+            color=colors[i % len(colors)],
+            hatch="//" if "not in the figure" in name else None,
+        )
+    for key, marker, label in (("gain_entropy", "x", "paper: entropy reg."), ("gain_clamped", "o", "paper: clamped")):
+        pts = [(j, PAPER[k][key]) for j, k in enumerate(ks) if k in PAPER]
+        ax.plot(
+            [j for j, _ in pts], [v for _, v in pts], marker, color="black", label=label, markersize=6, fillstyle="none"
+        )
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(ks)))
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("optimal actions K")
+    ax.set_title("Reward gain over no-reg. baseline", fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, axis="y")
     fig.suptitle(
-        f"|A| = {cfg['num_actions']:,}, horizon {cfg['horizon']}, group {cfg['group_size']}, "
-        f"coef {cfg['coef']:g}, {cfg['seeds']} seeds (mean, shaded min-max)",
-        fontsize=9,
+        f"|A| = {cfg['num_actions']:,}, {cfg['states']} states, {results['update']}, lr {cfg['lr']:g}, "
+        f"coef {','.join(f'{c:g}' for c in cfg['coefs'])}, {cfg['instances']} instances (mean, shaded min-max)",
+        fontsize=8,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -651,28 +659,17 @@ def plot_results(results: Dict[str, Any], path: str, metric: str = "success") ->
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 15,10,5,2,1; got {text!r}") from None
+def _num_list(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+    return parse
 
 
-def _float_list(text: str) -> List[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 0.33,0.999; got {text!r}") from None
-
-
-def _band(text: str) -> Tuple[float, float]:
-    vals = _float_list(text)
-    if len(vals) != 2:
-        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in nats, e.g. 0.5,1.0; got {text!r}")
-    return vals[0], vals[1]
-
-
-QUICK = {"sparsities": [15, 5], "seeds": 2, "steps": 50, "clamp_ps": [0.33, 0.999], "aent_ps": [0.999]}
+QUICK = {"sparsities": [15, 1], "instances": 2, "steps": 1000, "clamp_ps": [0.999], "aent_ps": []}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -680,71 +677,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aent toy-mdp",
         description=(
-            "The paper's controlled experiment (arXiv 2509.03493, Figure 1): no entropy vs the plain entropy bonus vs "
-            "the clamped bonus vs AEnt in a chain MDP with a huge action set and few optimal actions. Writes "
-            "results.json, figure.png and table.md to --out-dir. See docs/TOY.md."
+            "The paper's controlled experiment (arXiv 2509.03493, Figure 1): no regularisation vs the plain entropy "
+            "bonus vs the clamped bonus (and AEnt, not in the figure) on 25 one-step states with 100,000 actions and "
+            "K optimal actions. Writes results.json, figure.png and table.md to --out-dir. See docs/TOY.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out-dir", default=os.path.join("runs", "toy-mdp"), help="output directory (created)")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"a run of under a minute: overrides to {QUICK} unless those options are given",
-    )
-    p.add_argument("--num-actions", type=int, default=None, help=f"|A| (default {d.num_actions})")
-    p.add_argument("--horizon", type=int, default=None, help=f"states in the chain (default {d.horizon})")
-    p.add_argument(
-        "--sparsities",
-        type=_int_list,
-        default=None,
-        help=f"numbers of optimal actions per state, one panel each (default {d.sparsities})",
-    )
-    p.add_argument("--seeds", type=int, default=None, help=f"seeds per setting (default {d.seeds})")
+    p.add_argument("--quick", action="store_true", help=f"a run of ~30 s: {QUICK} unless those options are given")
+    p.add_argument("--num-actions", type=int, default=None, help=f"actions per state (default {d.num_actions})")
+    p.add_argument("--states", type=int, default=d.states, help="independent states (one-step problems)")
+    p.add_argument("--tail-bins", type=int, default=d.tail_bins, help="equal-logit bins of the Normal tail")
+    p.add_argument("--sparsities", type=_num_list(int), default=None, help=f"values of K (default {d.sparsities})")
+    p.add_argument("--instances", type=int, default=None, help=f"paired instances (default {d.instances})")
     p.add_argument("--first-seed", type=int, default=d.first_seed)
-    p.add_argument("--steps", type=int, default=None, help=f"policy updates (default {d.steps})")
-    p.add_argument("--group-size", type=int, default=d.group_size, help="episodes per iteration (GRPO group)")
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr, help="optimizer learning rate on the logits")
+    p.add_argument("--steps", type=int, default=None, help=f"updates (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"step size on the logits (default {d.lr})")
+    p.add_argument("--optimizer", choices=["gd", "adam"], default=d.optimizer, help="gd = plain gradient steps")
     p.add_argument(
-        "--coef",
-        type=float,
-        default=d.coef,
-        help="entropy coefficient of the constant learners and AEnt's initial coefficient",
+        "--sampled", type=int, default=0, metavar="G", help="sampled GRPO with G samples per state (default: exact)"
     )
     p.add_argument(
-        "--clamp-ps",
-        type=_float_list,
-        default=None,
-        help=f"removed fractions p of the clamped learners, each in (0,1) (default {d.clamp_ps})",
+        "--coefs", type=_num_list(float), default=None, help=f"entropy coefficients, swept (default {d.coefs})"
     )
-    p.add_argument(
-        "--aent-ps",
-        type=_float_list,
-        default=None,
-        help=f"removed fractions p of the AEnt learners (default {d.aent_ps})",
-    )
-    p.add_argument("--no-aent", action="store_true", help="leave out the AEnt (adaptive coefficient) learners")
-    p.add_argument("--aent-band", type=_band, default=d.aent_band, help="AEnt target band of the clamped entropy, nats")
-    p.add_argument("--aent-lr", type=float, default=d.aent_lr, help="AEnt controller step size")
-    p.add_argument("--aent-coef-max", type=float, default=d.aent_coef_max, help="AEnt upper coefficient bound")
-    p.add_argument("--aent-coef-min", type=float, default=d.aent_coef_min, help="AEnt lower coefficient bound")
-    p.add_argument("--decoy-quality", type=float, default=d.decoy_quality, help="per-step reward factor of a decoy")
-    p.add_argument(
-        "--optimal-weight",
-        type=float,
-        default=d.optimal_weight,
-        help="prior weight of each optimal action (of all of them together with --split-optimal)",
-    )
-    p.add_argument(
-        "--split-optimal",
-        action="store_true",
-        help="the optimal actions share --optimal-weight instead of each having it",
-    )
-    p.add_argument("--tail-weight", type=float, default=d.tail_weight, help="prior weight of the whole tail")
-    p.add_argument("--adam-eps", type=float, default=d.adam_eps, help="Adam epsilon")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--clamp-ps", type=_num_list(float), default=None, help=f"removed fractions (default {d.clamp_ps})")
+    p.add_argument("--aent-ps", type=_num_list(float), default=None, help=f"AEnt's p values (default {d.aent_ps})")
+    p.add_argument("--no-aent", action="store_true", help="leave out AEnt (not in the figure)")
+    p.add_argument("--aent-band", type=_num_list(float), default=d.aent_band, help="AEnt's entropy band LOW,HIGH nats")
+    p.add_argument("--aent-lr", type=float, default=d.aent_lr, help="AEnt's controller step size")
+    p.add_argument("--aent-coef-min", type=float, default=d.aent_coef_min)
+    p.add_argument("--aent-coef-max", type=float, default=d.aent_coef_max)
+    p.add_argument("--decoy-reward", type=float, default=d.decoy_reward)
+    p.add_argument("--answer-prob", type=_num_list(float), default=d.answer_prob, help="prior range of the answer")
+    p.add_argument("--decoy-prob", type=_num_list(float), default=d.decoy_prob, help="prior range of the decoy")
+    p.add_argument("--extra-prob", type=_num_list(float), default=d.extra_prob, help="prior range of candidates 2-15")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -753,32 +720,32 @@ def config_from_args(args: argparse.Namespace) -> ToyConfig:
     quick = QUICK if args.quick else {}
     picked = {
         "num_actions": args.num_actions,
-        "horizon": args.horizon,
         "sparsities": args.sparsities,
-        "seeds": args.seeds,
+        "instances": args.instances,
         "steps": args.steps,
+        "coefs": args.coefs,
         "clamp_ps": args.clamp_ps,
         "aent_ps": [] if args.no_aent else args.aent_ps,
     }
-    values = {}
-    for name, given in picked.items():
-        values[name] = given if given is not None else quick.get(name, getattr(base, name))
+    values = {
+        name: given if given is not None else quick.get(name, getattr(base, name)) for name, given in picked.items()
+    }
     return ToyConfig(
         **values,
+        states=args.states,
+        tail_bins=args.tail_bins,
         first_seed=args.first_seed,
-        group_size=args.group_size,
-        optimizer=args.optimizer,
         lr=args.lr,
-        coef=args.coef,
+        optimizer=args.optimizer,
+        sampled=args.sampled,
         aent_band=args.aent_band,
         aent_lr=args.aent_lr,
         aent_coef_min=args.aent_coef_min,
         aent_coef_max=args.aent_coef_max,
-        decoy_quality=args.decoy_quality,
-        optimal_weight=args.optimal_weight,
-        split_optimal=args.split_optimal,
-        tail_weight=args.tail_weight,
-        adam_eps=args.adam_eps,
+        decoy_reward=args.decoy_reward,
+        answer_prob=args.answer_prob,
+        decoy_prob=args.decoy_prob,
+        extra_prob=args.extra_prob,
         threads=args.threads,
     )
 
@@ -789,13 +756,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cfg = config_from_args(args)
     try:
         cfg.validate()
-        build_mdp(cfg.num_actions, cfg.horizon, max(cfg.sparsities), 0, **cfg.mdp_kwargs())
+        build_instance(0, **cfg.instance_kwargs())
     except ValueError as err:
         parser.error(str(err))
     os.makedirs(args.out_dir, exist_ok=True)
     results = run_experiment(cfg, progress=not args.no_progress)
-    json_path = os.path.join(args.out_dir, "results.json")
-    with open(json_path, "w") as f:
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, allow_nan=False)
     table = markdown_table(results)
     with open(os.path.join(args.out_dir, "table.md"), "w") as f:
@@ -803,8 +769,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     plot_results(results, os.path.join(args.out_dir, "figure.png"))
     print(table)
     print(
-        f"{len(results['runs'])} runs in {results['elapsed_seconds']:.1f} s; wrote {json_path}, table.md and "
-        f"figure.png to {args.out_dir}"
+        f"{len(results['runs'])} runs in {results['elapsed_seconds']:.1f} s; wrote results.json, table.md and figure.png to {args.out_dir}"
     )
     return 0
 
