@@ -177,7 +177,7 @@ def test_coefficients_come_from_the_core_and_behave():
         (["--instances", "0"], "instances"),
         (["--sampled", "1"], "sampled"),
         (["--coefs", "0"], "coef"),
-        (["--num-actions", "30"], "num_actions"),
+        (["--num-actions", "30", "--clamp-ps", "0.1", "--no-aent"], "num_actions"),
         (["--aent-band", "1.0,0.5"], "entropy_low"),
         (["--decoy-reward", "1.5"], "decoy_reward"),
     ],

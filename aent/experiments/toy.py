@@ -669,7 +669,7 @@ def _num_list(kind: type):
     return parse
 
 
-QUICK = {"sparsities": [15, 1], "instances": 2, "steps": 1000, "clamp_ps": [0.999], "aent_ps": []}
+QUICK = {"sparsities": [15, 1], "instances": 2, "steps": 800, "clamp_ps": [0.999], "aent_ps": []}
 
 
 def build_parser() -> argparse.ArgumentParser:
