@@ -4,7 +4,8 @@
 adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line load their dependencies lazily.
 """
 
-from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, coefficient_from_state
+from aent.advantage import grpo_advantages
+from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
 from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
 
@@ -16,10 +17,12 @@ __all__ = [
     "IMPLEMENTATIONS",
     "LOSS_AGG_MODES",
     "aggregate",
+    "build_coefficient",
     "clamped_entropy",
     "coefficient_from_state",
     "entropy",
     "entropy_bonus",
+    "grpo_advantages",
     "num_removed",
     "__version__",
 ]

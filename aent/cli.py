@@ -9,8 +9,11 @@ from typing import List, Optional
 
 # name -> (module with a ``main(argv) -> int``, one-line help)
 SUBCOMMANDS = {
-    "demo": ("aent.demo", "GRPO + AEnt end to end on a tiny model, on a CPU in minutes"),
-    "toy-mdp": ("aent.toy", "the paper's controlled experiment (Figure 1): entropy bonuses in a 100k-action MDP"),
+    "demo": ("aent.experiments.demo", "GRPO + AEnt end to end on a tiny model, on a CPU in minutes"),
+    "toy-mdp": (
+        "aent.experiments.toy",
+        "the paper's controlled experiment (Figure 1): entropy bonuses in a 100k-action MDP",
+    ),
     "prepare-data": ("aent.data", "convert local MATH / GSM8K / OpenR1 / evaluation files into verl parquet"),
     "info": ("aent.cli", "versions and the entropy implementation that would run on each device"),
 }

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 from aent.validate import check_band, check_bounds, check_nonnegative, check_steps, finite_number
 
-__all__ = ["AdaptiveCoefficient", "ConstantCoefficient", "coefficient_from_state"]
+__all__ = ["AdaptiveCoefficient", "ConstantCoefficient", "build_coefficient", "coefficient_from_state"]
 
 
 class AdaptiveCoefficient:
@@ -169,3 +169,34 @@ def coefficient_from_state(state: Dict[str, Any]) -> AdaptiveCoefficient:
         raise ValueError(f"unknown coefficient kind {kind!r} (expected 'adaptive' or 'constant')")
     coef.load_state_dict(state)
     return coef
+
+
+def build_coefficient(
+    init: float,
+    *,
+    lr: float = 0.0,
+    entropy_low: float = 0.0,
+    entropy_high: float = 0.0,
+    coef_min: Optional[float] = None,
+    coef_max: Optional[float] = None,
+    warmup_steps: int = 0,
+    reg: float = 0.0,
+) -> AdaptiveCoefficient:
+    """The coefficient the option values describe: :class:`AdaptiveCoefficient` for ``lr > 0``, else
+    :class:`ConstantCoefficient` at ``init`` (the band, bounds, warm-up and ``reg`` are then unused).
+
+    ``coef_min``/``coef_max`` default to ``init`` (no room to move), so an adaptive coefficient needs them.
+    """
+    lr = check_nonnegative("lr", lr, "0 keeps the coefficient constant")
+    if lr == 0:
+        return ConstantCoefficient(init)
+    return AdaptiveCoefficient(
+        init=init,
+        entropy_low=entropy_low,
+        entropy_high=entropy_high,
+        lr=lr,
+        coef_min=init if coef_min is None else coef_min,
+        coef_max=init if coef_max is None else coef_max,
+        warmup_steps=warmup_steps,
+        reg=reg,
+    )

@@ -40,6 +40,7 @@ from benchlib import GIB, append_csv, environment, print_table  # noqa: E402
 
 import aent  # noqa: E402
 import aent.ops  # noqa: E402
+from aent.experiments.tiny_model import PRESETS, build_qwen2  # noqa: E402
 
 CSV_FIELDS = [
     "date_utc",
@@ -59,29 +60,6 @@ CSV_FIELDS = [
     "note",
 ]
 
-# Qwen2.5-1.5B's shapes (config.json of the released model), and a tiny one for checking the script on a CPU.
-QWEN25_15B = dict(
-    vocab_size=151_936,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    rope_parameters={"rope_theta": 1_000_000.0, "rope_type": "default"},
-)
-TINY = dict(
-    QWEN25_15B,
-    vocab_size=2048,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-)
-
 
 def _import_transformers():
     try:
@@ -98,20 +76,9 @@ def _import_transformers():
     return transformers, Qwen2Config, Qwen2ForCausalLM
 
 
-def build_model(shape: Dict, device: str):
-    _, Qwen2Config, Qwen2ForCausalLM = _import_transformers()
-    config = Qwen2Config(**shape)
-    config._attn_implementation = "sdpa"
-    dtype = torch.bfloat16
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2ForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.to(device=device, dtype=dtype)
-    model.config._attn_implementation = "sdpa"
+def build_model(preset: str, device: str):
+    _import_transformers()  # a clear message when transformers is missing
+    model = build_qwen2(preset, dtype=torch.bfloat16, device=device, attn_implementation="sdpa")
     model.train()
     return model
 
@@ -165,7 +132,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--device cuda: no CUDA device here; use --device cpu")
     device = args.device
     tiny = args.tiny or device == "cpu"
-    shape = TINY if tiny else QWEN25_15B
+    preset = "qwen2.5-1.5b-tiny" if tiny else "qwen2.5-1.5b"
+    shape = PRESETS[preset]
     seq = args.seq or (64 if device == "cpu" else 1024)
     # "auto": the fused kernels on CUDA when Triton imports, the torch path otherwise (reported in the table)
     entropy_impl = "triton" if device == "cuda" and aent.ops.triton_available() else "torch"
@@ -175,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"# {env['device']} | torch {env['torch']} | triton {env['triton']} | transformers {env['transformers']} | "
         f"{model_name}, {args.batch} x {seq} tokens, random bf16 weights, sdpa | clamped entropy by {entropy_impl}"
     )
-    model = build_model(shape, device)
+    model = build_model(preset, device)
     gen = torch.Generator(device=device).manual_seed(0)
     input_ids = torch.randint(0, shape["vocab_size"], (args.batch, seq), device=device, generator=gen)
     labels = torch.randint(0, shape["vocab_size"], (args.batch, seq), device=device, generator=gen)

@@ -206,10 +206,10 @@ def write_source(rows, kind, folder):
 def tiny_tokenizer():
     pytest.importorskip("tokenizers")
     pytest.importorskip("transformers")
-    from aent.verl.testing import build_tiny_tokenizer
+    from aent.experiments.tiny_model import build_bpe_tokenizer
 
     corpus = ["What is 1 + 1? Let's think step by step.", "\\boxed{\\frac{1}{2}} apples"] * 20
-    return build_tiny_tokenizer(400, corpus)
+    return build_bpe_tokenizer(400, corpus)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def run_checks(out_path: str) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from aent_test_support.cpu_platform import init_single_process_group, use_cpu_platform
 
-    from aent.verl.testing import build_tiny_qwen2
+    from aent.experiments.tiny_model import write_tiny_qwen2
 
     use_cpu_platform()
     init_single_process_group()
@@ -87,7 +87,7 @@ def run_checks(out_path: str) -> None:
     from aent.verl import AEntPolicyLoss, aent_step_flags, make_aent_loss
 
     results = {}
-    path = build_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
+    path = write_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
     engine = EngineRegistry.new(
         model_type="language_model",
         backend="fsdp2",

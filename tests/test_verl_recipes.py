@@ -197,13 +197,13 @@ def test_the_ppo_recipe_has_a_critic_and_the_aent_settings(monkeypatch, tmp_path
     from verl.utils.config import omega_conf_to_dataclass, validate_config
     from verl.workers.config import FSDPActorConfig
 
+    from aent.experiments.tiny_model import write_tiny_qwen2
     from aent.verl.checks import check_config
-    from aent.verl.testing import build_tiny_qwen2
 
     monkeypatch.setenv("AENT_DATA_DIR", "/data/aent")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # verl's validate_config builds the critic's dataclass, which reads the model's config: a tiny local model
-    model = build_tiny_qwen2(str(tmp_path / "model"))
+    model = write_tiny_qwen2(str(tmp_path / "model"))
     cfg = _compose("aent_ppo_math", ["trainer.n_gpus_per_node=8", f"actor_rollout_ref.model.path={model}"])
     OmegaConf.resolve(cfg)
     assert cfg.algorithm.adv_estimator == "gae" and need_critic(cfg)

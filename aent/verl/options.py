@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient
+from aent.coefficient import AdaptiveCoefficient, build_coefficient
 from aent.validate import (
     check_band,
     check_bounds,
@@ -127,16 +127,13 @@ class AEntOptions:
         return float(self.lr) > 0.0
 
     def build_coefficient(self) -> AdaptiveCoefficient:
-        """A fresh :class:`aent.AdaptiveCoefficient` (``lr > 0``) or :class:`aent.ConstantCoefficient` (``lr = 0``)."""
-        if not self.adaptive:
-            if float(self.lr) < 0:
-                raise ValueError(f"lr must be >= 0, got {self.lr}")
-            return ConstantCoefficient(float(self.coef_init))
-        return AdaptiveCoefficient(
-            init=float(self.coef_init),
+        """A fresh :class:`aent.AdaptiveCoefficient` (``lr > 0``) or :class:`aent.ConstantCoefficient` (``lr = 0``),
+        from :func:`aent.build_coefficient`."""
+        return build_coefficient(
+            float(self.coef_init),
+            lr=float(self.lr),
             entropy_low=float(self.entropy_low),
             entropy_high=float(self.entropy_high),
-            lr=float(self.lr),
             coef_min=float(self.coef_min),
             coef_max=float(self.coef_max),
             warmup_steps=int(self.warmup_steps),

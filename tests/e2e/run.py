@@ -146,12 +146,12 @@ def worker_logs(ray_dir: str):
 
 # -- inputs ------------------------------------------------------------------------------------------------
 def build_model(path: str) -> str:
-    from aent.verl.testing import build_tiny_qwen2  # the repository's one tiny-model builder
+    from aent.experiments.tiny_model import write_tiny_qwen2  # the repository's one tiny-model builder
 
     if os.path.exists(os.path.join(path, "done")):
         return path
     # hidden 128 with 4 heads: head size 32, which vLLM's CPU attention supports
-    build_tiny_qwen2(path, hidden_size=128, num_layers=2, seed=0)
+    write_tiny_qwen2(path, hidden_size=128, num_layers=2, seed=0)
     # vLLM samples and normalises over the tokenizer's ids only; the trainer over the model's whole vocabulary. A
     # real checkpoint's padding rows have ~0 probability, a random model's do not (log(384/319) = 0.19 nats per
     # token apart): cut the vocabulary to the tokenizer's so that the two sides' probabilities can be compared.

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import aent
+from aent.experiments.tiny_model import build_char_tokenizer, build_qwen2
 
 __all__ = [
     "ARMS",
@@ -186,43 +187,30 @@ class DemoConfig:
 
 
 def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` built locally: one token per character, no merges, no hub."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {PAD: 0, EOS: 1}
-    for ch in ALPHABET:
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS)
+    """A character-level tokenizer built locally: one token per character of :data:`ALPHABET`, no merges, no hub."""
+    return build_char_tokenizer(ALPHABET, pad=PAD, eos=EOS)
 
 
 def build_model(vocab_size: int, cfg: DemoConfig):
-    """A randomly initialised ``Qwen2ForCausalLM`` of a few hundred thousand parameters.
+    """A randomly initialised ``Qwen2ForCausalLM`` of a few hundred thousand parameters (preset ``"demo"``).
 
     The output layer has ``vocab_size`` rounded up to a multiple of ``cfg.vocab_multiple`` rows, as real models pad
     theirs (Qwen2.5: 151,665 tokens, 151,936 logits); the entropy runs over all logits, padded ones included.
     """
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     padded = -(-vocab_size // cfg.vocab_multiple) * cfg.vocab_multiple
-    config = Qwen2Config(
+    return build_qwen2(
+        "demo",
+        seed=cfg.seed,
         vocab_size=padded,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,
     )
-    torch.manual_seed(cfg.seed)
-    return Qwen2ForCausalLM(config)
 
 
 class AdditionTask:
@@ -354,14 +342,6 @@ def _response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~after_eos).float()
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO's outcome advantage: ``(r - mean_group) / (std_group + eps)``; 0 for a group with equal rewards."""
-    grouped = rewards.view(-1, group_size)
-    mean = grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, keepdim=True, unbiased=True)
-    return ((grouped - mean) / (std + eps)).view(-1)
-
-
 def score_responses(texts: Sequence[str], answers: Sequence[str], compute_score: Callable) -> Dict[str, torch.Tensor]:
     scores = [compute_score(DATA_SOURCE, text, answer) for text, answer in zip(texts, answers)]
     return {
@@ -418,7 +398,7 @@ def rollout(
         rewards=rewards,
         accuracy=scored["accuracy"].to(device),
         formatted=scored["formatted"].to(device),
-        advantages=group_advantages(rewards, cfg.group_size),
+        advantages=aent.grpo_advantages(rewards.view(-1, cfg.group_size)).view(-1),
     )
 
 
@@ -524,15 +504,15 @@ def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.AdaptiveCoefficien
     * ``aent``: clamped entropy at ``cfg.clamp_p`` with the adaptive coefficient of SPEC section 3.
     """
     if arm == "grpo":
-        return aent.ConstantCoefficient(0.0), cfg.clamp_p
+        return aent.build_coefficient(0.0), cfg.clamp_p
     if arm == "entropy":
-        return aent.ConstantCoefficient(cfg.entropy_coef), 0.0
+        return aent.build_coefficient(cfg.entropy_coef), 0.0
     if arm == "aent":
-        coef = aent.AdaptiveCoefficient(
-            init=cfg.aent_init,
+        coef = aent.build_coefficient(
+            cfg.aent_init,
+            lr=cfg.aent_lr,
             entropy_low=cfg.aent_low,
             entropy_high=cfg.aent_high,
-            lr=cfg.aent_lr,
             coef_min=cfg.aent_min,
             coef_max=cfg.aent_max,
             warmup_steps=cfg.aent_warmup,
