@@ -6,6 +6,7 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, coefficient_from_state
 from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "coefficient_from_state",
     "entropy",
     "entropy_bonus",
+    "logprobs_and_clamped_entropy",
     "num_removed",
     "__version__",
 ]
