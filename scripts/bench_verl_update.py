@@ -6,7 +6,8 @@ variant:
 
 * ``plain``: verl's own policy loss (``ppo_loss``) and its own log-prob call. On a CPU that call is replaced by an
   emulation of flash-attn's in-place cross-entropy (``--logprob flash-like``, the default), which is what a GPU run
-  uses and what the buffer goal is measured against; ``--logprob verl-cpu`` keeps verl's CPU path instead.
+  uses and what the buffer goal is measured against; ``--logprob verl`` keeps verl's own call (flash-attn's in-place
+  cross-entropy on a GPU where flash-attn is installed, verl's out-of-place torch path elsewhere).
 * ``aent``: the AEnt loss with the per-step flags of the ``aent`` trainer mode (torch path of the clamped entropy).
 
 Reported side by side, from one run: the time of each update (min and median over interleaved repetitions), the time
@@ -47,6 +48,7 @@ CSV_FIELDS = [
     "transformers",
     "variant",
     "logprob",
+    "dtype",
     "tokens",
     "loss_rows",
     "vocab",
@@ -76,13 +78,16 @@ def parse_args(argv=None):
     parser.add_argument("--coef", type=float, default=0.002)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--logprob", choices=("flash-like", "verl-cpu"), default="flash-like")
+    parser.add_argument(
+        "--logprob", choices=("flash-like", "verl"), default="flash-like", help="plain GRPO's log-prob call (see above)"
+    )
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model weights and compute dtype")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "verl_update.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only")
     return parser.parse_args(argv)
 
 
-def build_engine(model_path: str, device: str):
+def build_engine(model_path: str, dtype: str):
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
@@ -96,8 +101,8 @@ def build_engine(model_path: str, device: str):
         engine_config=FSDPEngineConfig(
             strategy="fsdp2",
             use_torch_compile=False,
-            model_dtype="fp32",
-            mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+            model_dtype=dtype,
+            mixed_precision={"param_dtype": dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
         ),
         optimizer_config=FSDPOptimizerConfig(lr=0.0),  # the same weights for every repetition
         checkpoint_config=CheckpointConfig(),
@@ -187,7 +192,7 @@ def run(args) -> int:
         hidden_size=args.hidden,
         num_layers=args.layers,
     )
-    engine = build_engine(model_path, args.device)
+    engine = build_engine(model_path, args.dtype)
     counts = {"inplace": 0, "out_of_place": 0}
     if args.logprob == "flash-like":
         from flash_like_ce import install_inplace_cross_entropy
@@ -220,7 +225,7 @@ def run(args) -> int:
     print(
         f"# {env['device']} | torch {env['torch']} | verl {env['verl']} | Qwen2 hidden {args.hidden} x "
         f"{args.layers} layers, V = {args.vocab}, {tokens} tokens ({args.seqs} x {args.seq_len}, prompts "
-        f"{args.prompt_len}), micro-batches of {args.micro} | log-prob call: {args.logprob} | threads "
+        f"{args.prompt_len}), micro-batches of {args.micro}, {args.dtype} | log-prob call: {args.logprob} | threads "
         f"{torch.get_num_threads()}"
     )
     times: Dict[str, List[float]] = {name: [] for name in variants}
@@ -246,13 +251,14 @@ def run(args) -> int:
     torch.manual_seed(0)
     from transformers import Qwen2ForCausalLM
 
-    hf = Qwen2ForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).to(args.device)
+    hf_dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    hf = Qwen2ForCausalLM.from_pretrained(model_path, torch_dtype=hf_dtype).to(args.device)
     micro_inputs = []
     with torch.no_grad():
         for start in range(0, args.seqs, args.micro):
             chunk = make_batch(args, aent_step_flags(args.coef), start, args.micro)
             ids = chunk["input_ids"].values().to(args.device)
-            logits = hf(input_ids=ids.unsqueeze(0)).logits[0]
+            logits = hf(input_ids=ids.unsqueeze(0)).logits[0]  # the dtype the engine hands to the loss
             _, rows = packed_labels_and_loss_rows(chunk, logits.shape[0], logits.device)
             micro_inputs.append((logits, rows))
     del hf
@@ -278,6 +284,7 @@ def run(args) -> int:
                 env,
                 variant=name,
                 logprob=args.logprob,
+                dtype=args.dtype,
                 tokens=tokens,
                 loss_rows=loss_rows,
                 vocab=args.vocab,
