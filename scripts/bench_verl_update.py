@@ -57,6 +57,7 @@ CSV_FIELDS = [
     "ms_median",
     "reps",
     "op_ms_median",
+    "ratio_vs_plain",
     "overhead_over_op",
     "peak_logits_buffers",
     "buffer_mib",
@@ -293,6 +294,7 @@ def run(args) -> int:
                 ms_median=f"{median:.1f}",
                 reps=len(ts),
                 op_ms_median=f"{op_ms:.1f}",
+                ratio_vs_plain=f"{median / plain_ms:.3f}",
                 overhead_over_op=f"{(median - plain_ms) / op_ms:.3f}" if name != "plain" else "-",
                 peak_logits_buffers=peaks[name],
                 buffer_mib=f"{micro_tokens * args.vocab * 4 / 2**20:.0f}",
@@ -301,7 +303,16 @@ def run(args) -> int:
         )
     print_table(
         rows,
-        ["variant", "ms_min", "ms_median", "op_ms_median", "overhead_over_op", "peak_logits_buffers", "buffer_mib"],
+        [
+            "variant",
+            "ms_min",
+            "ms_median",
+            "ratio_vs_plain",
+            "op_ms_median",
+            "overhead_over_op",
+            "peak_logits_buffers",
+            "buffer_mib",
+        ],
     )
     print(
         f"# AEnt update - plain update = {statistics.median(times['aent']) - plain_ms:.0f} ms; the op alone "
