@@ -30,6 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchlib import exit_on_help  # noqa: E402
+
+if __name__ == "__main__":
+    exit_on_help(__doc__)  # before torch loads: help in a fraction of a second
+
 import torch  # noqa: E402
 from benchlib import GIB, append_csv, environment, print_table  # noqa: E402
 

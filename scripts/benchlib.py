@@ -13,13 +13,26 @@ import importlib
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-__all__ = ["GIB", "REPO", "append_csv", "environment", "fmt", "print_table", "sync"]
+__all__ = ["GIB", "REPO", "append_csv", "environment", "exit_on_help", "fmt", "print_table", "sync"]
 
 GIB = float(1 << 30)
 REPO = Path(__file__).resolve().parents[1]
+
+
+def exit_on_help(usage: str, argv: Optional[List[str]] = None) -> None:
+    """Print ``usage`` and exit 0 when the command line holds ``-h`` or ``--help``.
+
+    A script calls it before it imports torch, so that asking for help takes a fraction of a second rather than the
+    seconds that loading torch takes on a busy machine. ``usage`` is the script's docstring: its purpose and examples.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        print(usage.strip())
+        raise SystemExit(0)
 
 
 def _version(module: str) -> str:

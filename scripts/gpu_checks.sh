@@ -12,6 +12,9 @@
 # the end. Needs python3 with torch (CUDA) and Triton; transformers for the step benchmark (when it does not import,
 # wheels in .whl/ are installed into /tmp/site first, see docs/PERFORMANCE.md); pytest is optional.
 set -u -o pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then  # usage: the comment block above
+    awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit 0
+fi
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-$(mktemp -d -t aent-gpu-checks.XXXXXX)}"
 mkdir -p "$OUT_DIR" benchmarks

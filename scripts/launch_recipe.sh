@@ -12,7 +12,7 @@
 # run_ppo connects to the running cluster (ray.init) and places trainer.nnodes x trainer.n_gpus_per_node workers.
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit "${1:-2}"; }  # the comment block above
 [[ $# -ge 1 ]] || usage
 [[ "$1" == "-h" || "$1" == "--help" ]] && usage 0
 RECIPE="$1"; shift

@@ -12,6 +12,9 @@
 #   aime24/ amc23/ minerva/ olympiadbench/   evaluation sets (parquet or jsonl)
 # Set PYTHON to choose the interpreter (default: python). OpenR1: NUM_SAMPLES (40000) and SEED (0).
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then  # usage: the comment block above
+    awk 'NR > 1 { if (!/^#/) exit; sub(/^# ?/, ""); print }' "$0"; exit 0
+fi
 
 SRC=${SRC:?set SRC to the folder holding the source files}
 OUT_DIR=${OUT_DIR:-data}

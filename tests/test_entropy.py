@@ -1,5 +1,6 @@
 """Clamped entropy: the chunked torch path against the float64 reference, plus hand-checked cases and bad input."""
 
+import importlib
 import math
 
 import pytest
@@ -241,13 +242,139 @@ def test_other_bad_arguments():
         aent.clamped_entropy(torch.zeros(3, 4), 0.1, impl="fast")
 
 
-def test_environment_variable_selects_implementation(monkeypatch):
-    monkeypatch.setenv("AENT_ENTROPY_IMPL", "reference")
+@pytest.fixture
+def calls(monkeypatch):
+    """Count the rows each implementation really computes: the reference's row function and the torch path's
+    per-chunk forward and backward are wrapped (the wrappers call the originals)."""
+    entropy_module = importlib.import_module("aent.entropy")  # the attribute aent.entropy is the function
+
+    counts = {"reference_calls": 0, "torch_forward_rows": 0, "torch_backward_rows": 0}
+    reference, forward, backward = (
+        entropy_module._reference_rows,
+        entropy_module._chunk_forward,
+        entropy_module._chunk_backward,
+    )
+
+    def counted_reference(*args, **kwargs):
+        counts["reference_calls"] += 1
+        return reference(*args, **kwargs)
+
+    def counted_forward(z, *args, **kwargs):
+        counts["torch_forward_rows"] += z.shape[0]
+        return forward(z, *args, **kwargs)
+
+    def counted_backward(z, *args, **kwargs):
+        counts["torch_backward_rows"] += z.shape[0]
+        return backward(z, *args, **kwargs)
+
+    monkeypatch.setattr(entropy_module, "_reference_rows", counted_reference)
+    monkeypatch.setattr(entropy_module, "_chunk_forward", counted_forward)
+    monkeypatch.setattr(entropy_module, "_chunk_backward", counted_backward)
+    return counts
+
+
+def test_environment_variable_selects_implementation(monkeypatch, calls):
     x = _logits((2, 30), torch.float32)
-    torch.testing.assert_close(aent.clamped_entropy(x, 0.3), aent.clamped_entropy(x, 0.3, impl="torch"))
+    monkeypatch.setenv("AENT_ENTROPY_IMPL", "reference")
+    aent.clamped_entropy(x, 0.3)
+    assert calls == {"reference_calls": 1, "torch_forward_rows": 0, "torch_backward_rows": 0}
+    aent.clamped_entropy(x, 0.3, impl="auto")  # "auto" defers to the variable too
+    assert calls["reference_calls"] == 2 and calls["torch_forward_rows"] == 0
+    aent.clamped_entropy(x, 0.3, impl="torch")  # an explicit impl wins over the variable
+    assert calls["reference_calls"] == 2 and calls["torch_forward_rows"] == 2
+    monkeypatch.setenv("AENT_ENTROPY_IMPL", "torch")
+    aent.clamped_entropy(x, 0.3)
+    assert calls["reference_calls"] == 2 and calls["torch_forward_rows"] == 4
+    monkeypatch.delenv("AENT_ENTROPY_IMPL")
+    aent.clamped_entropy(x, 0.3)  # unset on a CPU tensor: "auto" picks the torch path
+    assert calls["reference_calls"] == 2 and calls["torch_forward_rows"] == 6
     monkeypatch.setenv("AENT_ENTROPY_IMPL", "bogus")
-    with pytest.raises(ValueError, match="AENT_ENTROPY_IMPL must be one of"):
+    with pytest.raises(ValueError, match="AENT_ENTROPY_IMPL must be one of .*'reference', 'torch', 'triton'.*'bogus'"):
         aent.clamped_entropy(x, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# row_mask: skipped rows are neither computed nor read. Add an implementation's name here to test it too.
+# ---------------------------------------------------------------------------------------------------------------
+
+MASK_IMPLS = ["torch", "reference"]
+
+
+def _mask(shape, seed=0):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) < 0.5
+    mask.view(-1)[:2] = torch.tensor([True, False])  # both kinds, whatever the draw
+    return mask
+
+
+@pytest.mark.parametrize("impl", MASK_IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.0, 0.33])
+def test_row_mask_skips_rows_and_leaves_the_others_unchanged(impl, dtype, p):
+    x = _logits((3, 5, 257), dtype, seed=23)
+    x[0, 1, :100] = float("-inf")
+    mask = _mask(x.shape[:-1])
+    mask[0, 1] = True  # a row with -inf columns among the computed ones
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(2))
+    poisoned = x.clone()
+    poisoned[~mask] = float("nan")  # a skipped row that were read would give NaN (and check_finite would raise)
+    a = poisoned.requires_grad_(True)
+    ent = aent.clamped_entropy(a, p, impl=impl, chunk_size=2, check_finite=True, row_mask=mask)
+    (ent * weights).sum().backward()
+    b = x.clone().requires_grad_(True)
+    full = aent.clamped_entropy(b, p, impl=impl, chunk_size=2)
+    (full * weights).sum().backward()
+    assert ent.shape == mask.shape and ent.dtype == full.dtype
+    assert torch.all(ent[~mask] == 0) and torch.all(a.grad[~mask] == 0)
+    torch.testing.assert_close(ent[mask], full[mask], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(a.grad[mask], b.grad[mask], atol=1e-7, rtol=1e-6)
+    assert torch.isfinite(a.grad.float()).all()
+
+
+@pytest.mark.parametrize("impl", MASK_IMPLS)
+def test_row_mask_all_false_and_all_true(impl):
+    x = _logits((4, 3, 65), torch.float32, seed=29)
+    nan = torch.full_like(x, float("nan")).requires_grad_(True)
+    none = torch.zeros(x.shape[:-1], dtype=torch.bool)
+    ent = aent.clamped_entropy(nan, 0.25, impl=impl, row_mask=none)
+    assert torch.all(ent == 0)
+    ent.sum().backward()
+    assert torch.all(nan.grad == 0)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    every = aent.clamped_entropy(a, 0.25, impl=impl, row_mask=torch.ones_like(none))
+    plain = aent.clamped_entropy(b, 0.25, impl=impl)
+    every.sum().backward()
+    plain.sum().backward()
+    assert torch.equal(every, plain) and torch.equal(a.grad, b.grad)
+    # the full-vocabulary entropy takes the mask too
+    assert torch.all(aent.entropy(nan.detach(), impl=impl, row_mask=none) == 0)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, None])
+def test_torch_path_computes_only_the_selected_rows(calls, chunk_size):
+    x = _logits((40, 97), torch.float32, seed=31).requires_grad_(True)
+    mask = _mask((40,), seed=5)
+    mask[10:20] = True  # a run of consecutive rows (sliced) next to scattered ones (gathered)
+    aent.clamped_entropy(x, 0.3, impl="torch", row_mask=mask, chunk_size=chunk_size).sum().backward()
+    selected = int(mask.sum())
+    assert 0 < selected < 40
+    assert calls["torch_forward_rows"] == selected and calls["torch_backward_rows"] == selected
+    aent.clamped_entropy(x, 0.3, impl="torch", row_mask=torch.zeros(40, dtype=torch.bool)).sum().backward()
+    assert calls["torch_forward_rows"] == selected and calls["torch_backward_rows"] == selected
+
+
+def test_bad_row_mask_is_named():
+    x = torch.zeros(2, 3, 5)
+    for bad, what in [
+        (torch.ones(2, 3), "bool tensor"),
+        (torch.ones(2, 3, dtype=torch.long), "bool tensor"),
+        ([[True] * 3] * 2, "bool tensor"),
+        (torch.ones(6, dtype=torch.bool), r"shape of logits.*\(2, 3\), got \(6,\)"),
+        (torch.ones(2, 3, 5, dtype=torch.bool), "shape of logits"),
+        (torch.ones(2, 3, dtype=torch.bool, device="meta"), "row_mask must be on the logits' device"),
+    ]:
+        with pytest.raises(ValueError, match="row_mask") as error:
+            aent.clamped_entropy(x, 0.3, row_mask=bad)
+        assert error.match(what)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

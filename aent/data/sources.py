@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from aent.reward.extract import strip_thousands_separators
 
@@ -259,7 +259,3 @@ def openr1_answer_rejection(answer: Optional[str], question_type=None, correctne
         if isinstance(flags, (list, tuple)) and not any(bool(f) for f in flags):
             return "no_verified_generation"
     return None
-
-
-def describe_columns(columns: Sequence[str]) -> List[str]:
-    return sorted(str(c) for c in columns)
