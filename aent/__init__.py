@@ -7,6 +7,7 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
 from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __all__ = [
     "entropy",
     "entropy_bonus",
     "grpo_advantages",
+    "logprobs_and_clamped_entropy",
     "num_removed",
     "__version__",
 ]

@@ -88,7 +88,18 @@ EOF
         FAILED+=("bench_step (transformers not importable)")
     fi
 
-    cp benchmarks/entropy.csv benchmarks/step.csv "$OUT_DIR"/ 2>/dev/null
+    # 4. verl's own actor update (FSDP engine, one GPU), plain GRPO against AEnt on a Qwen2.5-1.5B-shaped random
+    #    model, bf16, with verl's own log-prob call (flash-attn's in-place cross-entropy when flash-attn is installed).
+    #    Targets: update time ratio <= 1.05 (stretch 1.03), at most one logits-sized buffer more than plain.
+    if "$PY" -c "import verl, tensordict, transformers" 2>/dev/null; then
+        stage "bench_verl_update" 150 "$PY" scripts/bench_verl_update.py --device cuda --dtype bf16 --logprob verl \
+            --preset qwen2.5-1.5b --vocab 151936 --seqs 4 --seq-len 1024 --prompt-len 256 --micro 4 --reps 5
+    else
+        echo "verl/tensordict/transformers not importable here: bench_verl_update skipped (carry the wheels, see"
+        echo "docs/PERFORMANCE.md 'Running on the GPU machine')"
+    fi
+
+    cp benchmarks/entropy.csv benchmarks/step.csv benchmarks/verl_update.csv "$OUT_DIR"/ 2>/dev/null
     echo
     if [ "${#FAILED[@]}" -eq 0 ]; then
         echo "=== all stages passed; results in $OUT_DIR"

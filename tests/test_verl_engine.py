@@ -4,6 +4,10 @@ The engine runs in a fresh subprocess (it registers a CPU platform with verl and
 not leak into other tests). The subprocess builds a tiny random Qwen2 and a tokenizer, runs
 ``engine.train_batch(data, loss_function=make_aent_loss(...))`` with the per-step flags, and compares everything with
 an independent forward/backward of the same weights through plain transformers and the float64 reference entropy.
+
+The whole subprocess runs under an emulation of flash-attn's in-place cross-entropy backward (the GPU default of
+verl's log-prob call, which writes its gradient into the logits storage): the AEnt update must stay exact under it,
+and a seam that lets verl's own log-prob call run next to AEnt's op must be caught by the same comparison.
 """
 
 from __future__ import annotations
@@ -76,15 +80,18 @@ def run_checks(out_path: str) -> None:
     use_cpu_platform()
     init_single_process_group()
     import torch
+    from aent_test_support.flash_like_ce import install_inplace_cross_entropy
     from transformers import Qwen2ForCausalLM
     from verl.trainer.config import CheckpointConfig
     from verl.utils import tensordict_utils as tu
     from verl.workers.config import FSDPActorConfig, FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
+    from verl.workers.utils.losses import ppo_loss
     from verl.workers.utils.padding import left_right_2_no_padding
 
     import aent
     from aent.verl import AEntPolicyLoss, aent_step_flags, make_aent_loss
+    from aent.verl.loss import packed_labels_and_loss_rows
 
     results = {}
     path = write_tiny_qwen2(tempfile.mkdtemp(prefix="aent_tiny_qwen2_"))
@@ -103,6 +110,16 @@ def run_checks(out_path: str) -> None:
     )
     engine.initialize()
     results["engine_class"] = type(engine).__name__
+    ce_calls = {"inplace": 0, "out_of_place": 0}
+    install_inplace_cross_entropy(ce_calls)
+    entropy_calls = [0]
+    verl_entropy = engine.compute_entropy_from_logits
+
+    def counting_entropy(*args, **kwargs):
+        entropy_calls[0] += 1
+        return verl_entropy(*args, **kwargs)
+
+    engine.compute_entropy_from_logits = counting_entropy
 
     class RecordingLoss(AEntPolicyLoss):
         """Keeps the logits the engine hands over (a copy; the math is the library's)."""
@@ -110,10 +127,13 @@ def run_checks(out_path: str) -> None:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.seen_logits = []
+            self.seen_rows = []
 
-        def clamped_entropy_of_logits(self, student_logits):
+        def logits_outputs(self, student_logits, data):
             self.seen_logits.append(student_logits.detach().clone())
-            return super().clamped_entropy_of_logits(student_logits)
+            labels, rows = packed_labels_and_loss_rows(data, student_logits.shape[1], student_logits.device)
+            self.seen_rows.append((labels, rows, data["input_ids"].values()))
+            return super().logits_outputs(student_logits, data)
 
     def actor_config(mode="token-mean", loss_scale_factor=None):
         return FSDPActorConfig(
@@ -125,8 +145,9 @@ def run_checks(out_path: str) -> None:
             loss_scale_factor=loss_scale_factor,
         )
 
-    def train(loss_fn, micro, coef):
-        td, seqs, pls, rls = _batch(torch, tu, left_right_2_no_padding, micro, aent_step_flags(coef))
+    def train(loss_fn, micro, coef, flags=None):
+        flags = aent_step_flags(coef) if flags is None else flags
+        td, seqs, pls, rls = _batch(torch, tu, left_right_2_no_padding, micro, flags)
         out = engine.train_batch(td, loss_function=loss_fn)
         grads = {n: p.grad.full_tensor().clone() for n, p in engine.module.named_parameters() if p.grad is not None}
         metrics = {k: float(v.aggregate()) if hasattr(v, "aggregate") else v for k, v in out["metrics"].items()}
@@ -136,7 +157,19 @@ def run_checks(out_path: str) -> None:
     # -- the bonus, measured against an independent forward/backward ----------------------------------------------
     loss_c = RecordingLoss(actor_config(), CLAMP_P)
     loss1, g1, m1, (seqs, pls, rls) = train(loss_c, 2, COEF)
+    calls_aent = dict(ce_calls, entropy=entropy_calls[0])
     loss0, g0, m0, _ = train(make_aent_loss(actor_config(), CLAMP_P), 2, 0.0)
+
+    # plain GRPO on the same micro-batches: verl's own loss, verl's own (in-place) log-prob call
+    def plain_loss(model_output, data, dp_group=None):
+        return ppo_loss(actor_config(), model_output, data, dp_group)
+
+    before = dict(ce_calls)
+    loss_plain, g_plain, m_plain, _ = train(plain_loss, 2, 0.0, flags={})
+    calls_plain = {k: ce_calls[k] - before[k] for k in ce_calls}
+    # an unsafe seam: verl computes its own log-probs (in place) next to the AEnt op, which re-reads the logits
+    unsafe_flags = {"distillation_use_topk": True, "distillation_only": False, "calculate_entropy": False}
+    loss_u, g_u, _, _ = train(make_aent_loss(actor_config(), CLAMP_P), 2, COEF, dict(unsafe_flags, aent_coef=COEF))
 
     hf = Qwen2ForCausalLM.from_pretrained(path, attn_implementation="sdpa", torch_dtype=torch.float32)
     ent_rows, logit_err = [], 0.0
@@ -154,6 +187,17 @@ def run_checks(out_path: str) -> None:
     gh = {n: p.grad.detach().float() for n, p in hf.named_parameters() if p.grad is not None}
     diff_sq = sum(float(((g0[n] - g1[n]) - COEF * gh[n]).pow(2).sum()) for n in gh)
     ref_sq = sum(float((COEF * gh[n]).pow(2).sum()) for n in gh)
+    unsafe_sq = sum(float(((g_plain[n] - g_u[n]) - COEF * gh[n]).pow(2).sum()) for n in gh)
+    plain_sq = sum(float((g0[n] - g_plain[n]).pow(2).sum()) for n in g_plain)
+    plain_norm_sq = sum(float(g_plain[n].pow(2).sum()) for n in g_plain)
+    # the rows the op computed: response positions after the shift, labelled with the response tokens
+    rows_true, rows_total, label_ok = 0, 0, True
+    for _labels, rows, _ids in loss_c.seen_rows:
+        rows_true += int(rows.sum())
+        rows_total += int(rows.numel())
+    resp_tokens = torch.cat([seq[pl : pl + rl] for seq, pl, rl in zip(seqs, pls, rls)])
+    picked = torch.cat([labels[rows] for labels, rows, _ in loss_c.seen_rows])
+    label_ok = bool(torch.equal(picked, resp_tokens))
     results.update(
         logits_rows_seen=int(seen.shape[0]),
         logits_rows_expected=int(sum(len(s) for s in seqs)),
@@ -172,6 +216,15 @@ def run_checks(out_path: str) -> None:
         expected_loss_drop=COEF * float(h_ref),
         grad_bonus_rel_err=(diff_sq / max(ref_sq, 1e-30)) ** 0.5,
         grad_bonus_norm=ref_sq**0.5,
+        unsafe_seam_grad_bonus_rel_err=(unsafe_sq / max(ref_sq, 1e-30)) ** 0.5,
+        coef0_vs_plain_grad_rel_err=(plain_sq / max(plain_norm_sq, 1e-30)) ** 0.5,
+        coef0_vs_plain_loss=[loss0, loss_plain],
+        pg_loss_aent_vs_plain=[m0.get("actor/pg_loss"), m_plain.get("actor/pg_loss")],
+        calls_during_aent_update=calls_aent,
+        calls_during_plain_update=calls_plain,
+        loss_rows_computed=rows_true,
+        packed_rows=rows_total,
+        loss_row_labels_are_the_response_tokens=label_ok,
     )
 
     # -- the seam itself: prepare_model_outputs hands the loss real logits and keeps their gradient --------------
@@ -192,17 +245,27 @@ def run_checks(out_path: str) -> None:
         logits_processor_func=make_aent_loss(actor_config(), CLAMP_P),
     )
     seam = model_output["aent_clamped_entropy"]
-    seam.values().sum().backward()
+    seam_logp = model_output["log_probs"]
+    (seam.values().sum() + 0.5 * seam_logp.values().sum()).backward()
+    _, rows = packed_labels_and_loss_rows(td, ids.shape[1], ids.device)
     scaled = (raw.logits.detach()[0] / TEMPERATURE).double().requires_grad_(True)
-    ref = aent.clamped_entropy(scaled, CLAMP_P, impl="reference")
-    ref.sum().backward()
+    ref = aent.clamped_entropy(scaled, CLAMP_P, impl="reference") * rows
+    ref_logp = torch.log_softmax(scaled, -1).gather(1, torch.roll(ids[0], -1).unsqueeze(1)).squeeze(1) * rows
+    (ref.sum() + 0.5 * ref_logp.sum()).backward()
     results.update(
-        seam_is_nested=bool(seam.is_nested),
-        seam_has_log_probs="log_probs" in model_output and "entropy" in model_output,
+        seam_is_nested=bool(seam.is_nested and seam_logp.is_nested),
+        seam_keys=sorted(model_output),
         seam_value_err=float((seam.values().detach().double() - ref.detach()).abs().max()),
+        seam_logp_err=float((seam_logp.values().detach().double() - ref_logp.detach()).abs().max()),
         seam_grad_err=float((raw.logits.grad[0].double() - scaled.grad / TEMPERATURE).abs().max()),
         seam_grad_norm=float(raw.logits.grad.norm()),
     )
+
+    # -- the old-log-prob pass (verl's actor/entropy metric) still computes verl's full entropy -------------------
+    before = entropy_calls[0]
+    td, *_ = _batch(torch, tu, left_right_2_no_padding, 2, {"calculate_entropy": True, "compute_loss": False})
+    engine.infer_batch(td, loss_function=make_aent_loss(actor_config(), CLAMP_P))
+    results["entropy_calls_in_old_log_prob_pass"] = entropy_calls[0] - before
 
     # -- micro-batch split invariance, each loss_agg_mode ---------------------------------------------------------
     split = {}
@@ -280,18 +343,57 @@ def test_bonus_enters_the_loss_and_its_gradient_reaches_the_weights(engine_resul
     assert r["grad_bonus_rel_err"] < 1e-3
 
 
-def test_metrics_come_back_with_verls_own_entropy(engine_results):
-    keys = set(engine_results["metric_keys"])
-    assert {"actor/aent_clamped_entropy", "actor/aent_coef", "actor/pg_loss", "actor/entropy_loss"} <= keys
-    assert engine_results["metric_coef"] == COEF
-    # verl's full-vocabulary entropy is still computed, and the clamped one (30% of the vocabulary cut) is smaller
-    assert engine_results["full_entropy_metric"] > engine_results["metric_clamped_entropy"]
-
-
-def test_logits_seam_passes_real_logits_and_keeps_their_gradient(engine_results):
+def test_metrics_come_back_and_the_update_computes_no_verl_entropy(engine_results):
     r = engine_results
-    assert r["seam_is_nested"] and r["seam_has_log_probs"]
+    keys = set(r["metric_keys"])
+    assert {"actor/aent_clamped_entropy", "actor/aent_coef", "actor/pg_loss"} <= keys
+    assert r["metric_coef"] == COEF
+    # verl's eager full-vocabulary entropy is neither computed nor back-propagated in the AEnt update ...
+    assert "actor/entropy_loss" not in keys and r["full_entropy_metric"] is None
+    assert r["calls_during_aent_update"]["entropy"] == 0
+    # ... but the old-log-prob pass, where verl's actor/entropy metric comes from, still computes it
+    assert r["entropy_calls_in_old_log_prob_pass"] > 0
+
+
+def test_the_update_runs_no_log_prob_call_of_verls_own(engine_results):
+    r = engine_results
+    # with AEnt on, the log-probs come from AEnt's op: verl's (in-place, flash-attn style) call never runs ...
+    assert r["calls_during_aent_update"]["inplace"] == 0 and r["calls_during_aent_update"]["out_of_place"] == 0
+    # ... while plain GRPO on the same engine takes the in-place path (so the emulation is live)
+    assert r["calls_during_plain_update"]["inplace"] > 0
+
+
+def test_log_prob_part_equals_plain_grpo(engine_results):
+    r = engine_results
+    # at coefficient 0 the AEnt update is plain GRPO: same loss, same pg_loss, same gradient
+    assert r["coef0_vs_plain_loss"][0] == pytest.approx(r["coef0_vs_plain_loss"][1], rel=1e-5, abs=1e-7)
+    assert r["pg_loss_aent_vs_plain"][0] == pytest.approx(r["pg_loss_aent_vs_plain"][1], rel=1e-5, abs=1e-7)
+    assert r["coef0_vs_plain_grad_rel_err"] < 1e-4
+
+
+def test_bonus_gradient_is_exact_under_the_in_place_backward_and_an_unsafe_seam_is_caught(engine_results):
+    r = engine_results
+    assert r["grad_bonus_rel_err"] < 1e-3
+    # the same comparison on a seam where verl's in-place log-prob backward runs before AEnt's backward reads the
+    # logits: the bonus gradient is garbage, so this test would fail on such a seam
+    assert r["unsafe_seam_grad_bonus_rel_err"] > 0.1
+
+
+def test_only_loss_rows_are_computed(engine_results):
+    r = engine_results
+    # response positions after verl's one-token shift: 14 response tokens out of the packed prompt+response rows
+    assert r["loss_rows_computed"] == r["metric_num_tokens"] == 14
+    assert r["packed_rows"] == r["logits_rows_expected"] > r["loss_rows_computed"]
+    assert r["loss_row_labels_are_the_response_tokens"]
+
+
+def test_logits_seam_returns_log_probs_and_entropy_from_real_logits(engine_results):
+    r = engine_results
+    assert r["seam_is_nested"]
+    assert "log_probs" in r["seam_keys"] and "aent_clamped_entropy" in r["seam_keys"]
+    assert "entropy" not in r["seam_keys"]
     assert r["seam_value_err"] < 1e-5
+    assert r["seam_logp_err"] < 1e-5
     assert r["seam_grad_norm"] > 0
     assert r["seam_grad_err"] < 1e-6
 

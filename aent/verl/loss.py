@@ -3,15 +3,21 @@
 One callable serves the two calls verl's FSDP engine makes per micro-batch when the micro-batch carries the flag
 ``distillation_use_topk=True`` (the engine's logits-processor seam, see ``FSDPEngineWithLMHead.prepare_model_outputs``):
 
-1. ``loss(student_logits=<(1, n_tokens, V) temperature-scaled logits>, data=micro_batch)``: the clamped entropy of
-   every row, from the same forward pass as the log-probs, returned as ``{"aent_clamped_entropy": (1, n_tokens)}``
-   (gradients kept). The engine stores it in ``model_output`` next to ``log_probs``.
+1. ``loss(student_logits=<(1, n_tokens, V) temperature-scaled logits>, data=micro_batch)``: the label log-probs AND
+   the clamped entropy of the rows that can reach the loss (response positions after verl's one-token shift), from
+   one op with one gradient (:func:`aent.logprobs_and_clamped_entropy`), returned as
+   ``{"log_probs": (1, n_tokens), "aent_clamped_entropy": (1, n_tokens)}`` (0 on prompt and padding rows). With
+   ``distillation_only=True`` the engine stores them in ``model_output`` and computes nothing else from the logits:
+   neither its own log-probs (flash-attn's cross-entropy, whose in-place backward would overwrite the logits) nor,
+   with ``calculate_entropy=False``, its eager full-vocabulary entropy. docs/VERL.md weighs this against the other
+   seams.
 2. ``loss(model_output=..., data=micro_batch, dp_group=...)``: the run's own verl policy loss (``ppo_loss`` with
    ``entropy_coeff=0``, whatever ``policy_loss.loss_mode`` is), minus ``coef * agg(clamped entropy)``, aggregated
    with the run's ``loss_agg_mode`` and verl's global batch normalisation (``config.global_batch_info``).
 
 The coefficient of the current step travels with the batch as the non-tensor value ``aent_coef``
-(:func:`aent_step_flags` builds all per-step values).
+(:func:`aent_step_flags` builds all per-step values). verl's ``actor/entropy`` metric is untouched: it comes from
+the old-log-prob pass, which these flags do not reach.
 """
 
 from __future__ import annotations
@@ -50,14 +56,54 @@ METRIC_NONFINITE = "actor/aent_nonfinite_tokens"
 def aent_step_flags(coef: float) -> Dict[str, Any]:
     """Non-tensor values to put on every actor-update batch for one step (``batch.extra_info`` in the V1 trainer).
 
-    ``distillation_use_topk=True`` makes verl's FSDP engine hand the logits to the loss; ``distillation_only=False``
-    keeps the log-probs; ``calculate_entropy=True`` keeps verl's own full-vocabulary entropy (``actor/entropy``) and
-    stops flash-attn's cross-entropy backward from writing into the shared logits in place.
+    ``distillation_use_topk=True`` makes verl's FSDP engine hand the logits to the loss; ``distillation_only=True``
+    makes it take the log-probs from the loss (:func:`aent.logprobs_and_clamped_entropy`) instead of computing its
+    own; ``calculate_entropy=False`` keeps verl's eager full-vocabulary entropy out of the update pass.
     """
     coef = float(coef)
     if not (coef >= 0.0 and coef < float("inf")):
         raise ValueError(f"the AEnt coefficient must be a finite number >= 0, got {coef!r}")
-    return {"distillation_use_topk": True, "distillation_only": False, "calculate_entropy": True, COEF_KEY: coef}
+    return {"distillation_use_topk": True, "distillation_only": True, "calculate_entropy": False, COEF_KEY: coef}
+
+
+def packed_labels_and_loss_rows(data, num_rows: int, device: torch.device):
+    """Labels and loss rows of the packed logits the engine hands to the loss, on this sequence-parallel rank.
+
+    Labels are the next token of each position (``roll(input_ids, -1)`` over the packed micro-batch, as verl builds
+    ``input_ids_rmpad_rolled``). Loss rows are the positions whose log-prob reaches the loss: verl's own
+    ``no_padding_2_padding`` (which the loss applies to the log-probs) maps a packed index to each response token,
+    and the response mask keeps the ones that count. Under Ulysses sequence parallelism both are padded and sliced
+    with verl's own ``ulysses_pad_and_slice_inputs``, as the engine slices its inputs.
+    """
+    from verl.utils.ulysses import get_ulysses_sequence_parallel_world_size, ulysses_pad_and_slice_inputs
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    input_ids = data["input_ids"]
+    if not input_ids.is_nested:
+        raise RuntimeError(
+            "AEnt expects verl's no-padding micro-batches (nested input_ids); got a padded batch. Keep verl's default "
+            "pad_mode (no_padding)."
+        )
+    ids = input_ids.values().to(device)
+    total = ids.shape[0]
+    labels = torch.roll(ids, shifts=-1, dims=0)
+    positions = no_padding_2_padding(torch.arange(total, device=device), data)  # (bsz, max_response_len)
+    response_mask = data.select("response_mask").to_padded_tensor()["response_mask"].to(device=device, dtype=torch.bool)
+    if response_mask.shape != positions.shape:
+        response_mask = response_mask[:, : positions.shape[1]]
+    rows = torch.zeros(total, dtype=torch.bool, device=device)
+    rows[positions[response_mask]] = True
+    sp_size = get_ulysses_sequence_parallel_world_size()
+    if sp_size > 1:
+        labels = ulysses_pad_and_slice_inputs(labels.unsqueeze(0), sp_size=sp_size)[0].squeeze(0)
+        rows = ulysses_pad_and_slice_inputs(rows.unsqueeze(0).to(torch.int8), sp_size=sp_size)[0].squeeze(0).bool()
+    if labels.shape[0] != num_rows:
+        raise RuntimeError(
+            f"AEnt: the engine handed {num_rows} logit rows but the micro-batch packs {labels.shape[0]} tokens on this "
+            f"rank (sequence-parallel size {sp_size}); this verl version lays out its packed logits differently from "
+            "verl 0.9.1. Please report it with your verl version."
+        )
+    return labels, rows
 
 
 class AEntPolicyLoss:
@@ -88,21 +134,23 @@ class AEntPolicyLoss:
         self.impl = impl
 
     # -- the logits-processor call -------------------------------------------------------------------------
-    def clamped_entropy_of_logits(self, student_logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Per-row clamped entropy of the engine's ``(1, n_tokens, V)`` logits, as ``{key: (1, n_tokens)}``.
+    def logits_outputs(self, student_logits: torch.Tensor, data) -> Dict[str, torch.Tensor]:
+        """Label log-probs and clamped entropy of the engine's ``(1, n_tokens, V)`` logits, each ``(1, n_tokens)``.
 
-        Non-finite rows come back as NaN and are counted on response tokens by the loss call (a per-call check
-        here would add a device synchronisation per micro-batch).
+        Only the loss rows are computed (0 elsewhere). Non-finite rows come back as NaN and are counted on response
+        tokens by the loss call (a per-call check here would add a device synchronisation per micro-batch).
         """
-        ent = aent.clamped_entropy(
-            student_logits, self.clamp_p, chunk_size=self.chunk_size, impl=self.impl, check_finite=False
+        logits = student_logits.squeeze(0)
+        labels, rows = packed_labels_and_loss_rows(data, logits.shape[0], logits.device)
+        log_probs, ent = aent.logprobs_and_clamped_entropy(
+            logits, labels, self.clamp_p, row_mask=rows, chunk_size=self.chunk_size, impl=self.impl, check_finite=False
         )
-        return {CLAMPED_ENTROPY_KEY: ent}
+        return {"log_probs": log_probs.unsqueeze(0), CLAMPED_ENTROPY_KEY: ent.unsqueeze(0)}
 
     # -- the loss call -------------------------------------------------------------------------------------
     def __call__(self, model_output=None, data=None, dp_group=None, *, student_logits=None):
         if student_logits is not None:
-            return self.clamped_entropy_of_logits(student_logits)
+            return self.logits_outputs(student_logits, data)
         return self.loss(model_output, data, dp_group)
 
     def loss(self, model_output, data, dp_group=None):
@@ -119,7 +167,7 @@ class AEntPolicyLoss:
                 raise RuntimeError(
                     "the AEnt loss got no clamped entropy from the engine: the actor-update batch lacks the per-step "
                     "flags. Run with trainer.v1.trainer_mode=aent, or put aent.verl.aent_step_flags(coef) on the "
-                    "batch (distillation_use_topk=True, distillation_only=False, calculate_entropy=True, aent_coef)"
+                    "batch (distillation_use_topk=True, distillation_only=True, calculate_entropy=False, aent_coef)"
                 )
             return policy_loss, metrics  # forward-only evaluation: no bonus to add
         coef = tu.get_non_tensor_data(data=data, key=COEF_KEY, default=None)

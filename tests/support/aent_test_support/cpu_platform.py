@@ -165,8 +165,8 @@ def use_cpu_platform() -> None:
     platform_manager.set_platform(platform_cls())
 
 
-def init_single_process_group() -> None:
-    """``torch.distributed`` with the gloo backend and world size 1 (what verl's engine expects to find)."""
+def init_single_process_group(backend: str = "gloo") -> None:
+    """``torch.distributed`` with world size 1 (what verl's engine expects to find): gloo on a CPU, nccl on a GPU."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -176,7 +176,7 @@ def init_single_process_group() -> None:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group(backend, rank=0, world_size=1)
 
 
 def _free_port() -> int:

@@ -1,0 +1,166 @@
+"""Label log-probabilities and the clamped entropy of the same logits, with one gradient buffer.
+
+A policy-gradient trainer that adds the AEnt bonus needs two things from each position's logits: the log-probability
+of the sampled token (for the policy loss) and the clamped entropy (for the bonus). Computing them with two separate
+autograd ops costs two ``[tokens x V]`` gradient buffers and a third pass to add them. Worse, trainers that compute
+the log-probabilities with an in-place backward (flash-attn's cross-entropy with ``inplace_backward=True``, verl's
+default) overwrite the logits with their gradient, so a second op that reads the logits in its own backward reads
+garbage. :func:`logprobs_and_clamped_entropy` is one autograd op: it owns the only read of the logits in the backward
+and returns one gradient, ``g_logp * (onehot(label) - softmax(z)) + g_ent * dH~/dz``.
+
+Rows outside ``row_mask`` (prompt positions, padding) are neither computed nor read, for either output.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from aent.entropy import clamped_entropy
+
+__all__ = ["logprobs_and_clamped_entropy"]
+
+# Rows of float32 scratch per chunk of the log-probability part: about 16 MiB per temporary on CPU, 128 MiB on GPU.
+_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+
+
+def _chunks(rows: torch.Tensor, vocab: int, device: torch.device, chunk_size: Optional[int]):
+    size = chunk_size or max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"]) // max(vocab, 1))
+    for start in range(0, rows.numel(), size):
+        yield rows[start : start + size]
+
+
+class _LogprobsAndClampedEntropy(torch.autograd.Function):
+    """Forward: label log-probs (float32) and clamped entropy (float32) of the selected rows, 0 elsewhere.
+
+    The entropy part is :func:`aent.clamped_entropy` (any implementation) run as an inner autograd graph; the backward
+    takes its gradient (one buffer, zero on unselected rows) and adds the log-probability gradient into it in place,
+    chunk by chunk, so the op hands autograd exactly one ``[rows x V]`` gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits2d, labels, row_mask, rows, clamp_p, chunk_size, impl):
+        needs_grad = logits2d.requires_grad
+        with torch.enable_grad() if needs_grad else torch.no_grad():
+            leaf = logits2d.detach().requires_grad_(needs_grad)
+            ent = clamped_entropy(
+                leaf, clamp_p, row_mask=row_mask, chunk_size=chunk_size, impl=impl, check_finite=False
+            )
+        compute = torch.float64 if logits2d.dtype == torch.float64 else torch.float32
+        n, vocab = logits2d.shape
+        lse = torch.zeros(n, dtype=compute, device=logits2d.device)
+        logp = torch.zeros(n, dtype=compute, device=logits2d.device)
+        for idx in _chunks(rows, vocab, logits2d.device, chunk_size):
+            z = logits2d.index_select(0, idx).to(compute)
+            chunk_lse = torch.logsumexp(z, dim=-1)
+            label_logit = z.gather(1, labels.index_select(0, idx).unsqueeze(1)).squeeze(1)
+            lse.index_copy_(0, idx, chunk_lse)
+            logp.index_copy_(0, idx, label_logit - chunk_lse)
+            del z
+        ctx.save_for_backward(logits2d, labels, rows, lse)
+        ctx.entropy_graph = (leaf, ent) if needs_grad else None
+        ctx.chunk_size = chunk_size
+        return logp, ent.detach()
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent):
+        logits2d, labels, rows, lse = ctx.saved_tensors
+        leaf, ent = ctx.entropy_graph
+        ctx.entropy_graph = None
+        if grad_ent is None:
+            grad_ent = torch.zeros_like(ent)
+        # grad_ent may hold NaN on rows whose entropy is NaN (non-finite logits): the entropy op gives those rows a
+        # zero gradient by itself.
+        if ent.requires_grad:
+            (grad,) = torch.autograd.grad(ent, leaf, grad_ent)
+        else:  # no row computed: the entropy is a constant
+            grad = torch.zeros_like(logits2d, memory_format=torch.contiguous_format)
+        if grad_logp is not None:
+            compute = lse.dtype
+            vocab = logits2d.shape[-1]
+            for idx in _chunks(rows, vocab, logits2d.device, ctx.chunk_size):
+                z = logits2d.index_select(0, idx).to(compute)
+                g = grad_logp.index_select(0, idx).to(compute).unsqueeze(1)
+                # d logp / dz = onehot(label) - softmax(z)
+                update = torch.exp(z.sub_(lse.index_select(0, idx).unsqueeze(1))).mul_(-g)
+                update.scatter_add_(1, labels.index_select(0, idx).unsqueeze(1), g)
+                if grad.dtype == compute:
+                    grad.index_add_(0, idx, update)
+                else:  # add in float32, round once
+                    grad.index_copy_(0, idx, (grad.index_select(0, idx).to(compute) + update).to(grad.dtype))
+                del z, update
+        return grad, None, None, None, None, None, None
+
+
+def logprobs_and_clamped_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    clamp_p: float,
+    *,
+    row_mask: Optional[torch.Tensor] = None,
+    chunk_size: Optional[int] = None,
+    impl: Optional[str] = None,
+    check_finite: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(log_softmax(logits)[label], clamped_entropy(logits, clamp_p))`` per row, with one gradient buffer.
+
+    Args:
+        logits: ``(..., V)`` temperature-scaled logits (float32, bfloat16, float16 or float64).
+        labels: ``logits.shape[:-1]`` integer tensor: the token whose log-probability each row gives.
+        clamp_p: removed vocabulary fraction of the clamped entropy, in ``[0, 1)`` (see :func:`aent.clamped_entropy`).
+        row_mask: optional bool tensor of shape ``logits.shape[:-1]``: rows where it is False are neither computed nor
+            read; both outputs are 0 there and their gradient is 0. Use it to skip prompt and padding positions.
+        chunk_size: rows per chunk (``None``: automatic), for the entropy and the log-probability parts.
+        impl: implementation of the entropy part (see :func:`aent.clamped_entropy`).
+        check_finite: raise ``ValueError`` when a computed row holds NaN or ``+inf``; with ``False`` such rows give
+            NaN, for training loops that count them.
+
+    Returns:
+        ``(log_probs, entropy)``, both float32 (float64 for float64 logits) of shape ``logits.shape[:-1]``. The
+        gradient that reaches ``logits`` is the sum of both terms' gradients, written once, in the logits' dtype.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', labels)!r}")
+    if not isinstance(logits, torch.Tensor) or logits.dim() == 0:
+        raise ValueError("logits must be a tensor with the vocabulary as its last dimension")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} must equal logits.shape[:-1] = {tuple(logits.shape[:-1])}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(f"labels are on {labels.device} but logits are on {logits.device}")
+    vocab = logits.shape[-1]
+    lead = logits.shape[:-1]
+    rows2d = logits.reshape(-1, vocab)
+    labels1d = labels.reshape(-1).to(torch.int64)
+    if row_mask is not None:
+        if (
+            not isinstance(row_mask, torch.Tensor)
+            or row_mask.dtype != torch.bool
+            or tuple(row_mask.shape) != tuple(lead)
+        ):
+            raise ValueError(
+                f"row_mask must be a bool tensor of shape {tuple(lead)} (logits.shape[:-1]), got {row_mask!r}"
+            )
+        mask1d = row_mask.reshape(-1)
+        rows = mask1d.nonzero().squeeze(1)
+    else:
+        mask1d = None
+        rows = torch.arange(rows2d.shape[0], device=logits.device)
+    if rows.numel():
+        picked = labels1d.index_select(0, rows)
+        low, high = int(picked.min()), int(picked.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(
+                f"labels must lie in [0, {vocab}) (the logits' last dimension), got values in [{low}, {high}]"
+            )
+    logp, ent = _LogprobsAndClampedEntropy.apply(rows2d, labels1d, mask1d, rows, clamp_p, chunk_size, impl)
+    if check_finite and rows.numel():
+        bad = int((~torch.isfinite(ent.index_select(0, rows))).sum())
+        if bad:
+            raise ValueError(
+                f"logits contain NaN or +inf in {bad} of {rows.numel()} computed rows; their entropy and log-probability "
+                "are undefined. Check the model's outputs (or pass check_finite=False to get NaN and count them)."
+            )
+    return logp.reshape(lead), ent.reshape(lead)
