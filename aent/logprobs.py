@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from aent.entropy import clamped_entropy
+from aent.entropy import _chunks, clamped_entropy
 
 __all__ = ["logprobs_and_clamped_entropy"]
 
@@ -25,10 +25,8 @@ __all__ = ["logprobs_and_clamped_entropy"]
 _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
-def _chunks(rows: torch.Tensor, vocab: int, device: torch.device, chunk_size: Optional[int]):
-    size = chunk_size or max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"]) // max(vocab, 1))
-    for start in range(0, rows.numel(), size):
-        yield rows[start : start + size]
+def _chunk_size(vocab: int, device: torch.device, chunk_size: Optional[int]) -> int:
+    return chunk_size or max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"]) // max(vocab, 1))
 
 
 class _LogprobsAndClampedEntropy(torch.autograd.Function):
@@ -51,12 +49,11 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
         n, vocab = logits2d.shape
         lse = torch.zeros(n, dtype=compute, device=logits2d.device)
         logp = torch.zeros(n, dtype=compute, device=logits2d.device)
-        for idx in _chunks(rows, vocab, logits2d.device, chunk_size):
-            z = logits2d.index_select(0, idx).to(compute)
+        for part in _chunks(rows, n, _chunk_size(vocab, logits2d.device, chunk_size)):
+            z = logits2d[part].to(compute)  # a view for a run of rows (float32 logits), a gathered copy otherwise
             chunk_lse = torch.logsumexp(z, dim=-1)
-            label_logit = z.gather(1, labels.index_select(0, idx).unsqueeze(1)).squeeze(1)
-            lse.index_copy_(0, idx, chunk_lse)
-            logp.index_copy_(0, idx, label_logit - chunk_lse)
+            lse[part] = chunk_lse
+            logp[part] = z.gather(1, labels[part].unsqueeze(1)).squeeze(1) - chunk_lse
             del z
         ctx.save_for_backward(logits2d, labels, rows, lse)
         ctx.entropy_graph = (leaf, ent) if needs_grad else None
@@ -79,16 +76,18 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
         if grad_logp is not None:
             compute = lse.dtype
             vocab = logits2d.shape[-1]
-            for idx in _chunks(rows, vocab, logits2d.device, ctx.chunk_size):
-                z = logits2d.index_select(0, idx).to(compute)
-                g = grad_logp.index_select(0, idx).to(compute).unsqueeze(1)
+            for part in _chunks(rows, logits2d.shape[0], _chunk_size(vocab, logits2d.device, ctx.chunk_size)):
+                z = logits2d[part].to(compute)
+                g = grad_logp[part].to(compute).unsqueeze(1)
                 # d logp / dz = onehot(label) - softmax(z)
-                update = torch.exp(z.sub_(lse.index_select(0, idx).unsqueeze(1))).mul_(-g)
-                update.scatter_add_(1, labels.index_select(0, idx).unsqueeze(1), g)
-                if grad.dtype == compute:
-                    grad.index_add_(0, idx, update)
+                update = torch.exp(z - lse[part].unsqueeze(1)).mul_(-g)
+                update.scatter_add_(1, labels[part].unsqueeze(1), g)
+                if isinstance(part, slice) and grad.dtype == compute:
+                    grad[part] += update
+                elif grad.dtype == compute:
+                    grad.index_add_(0, part, update)
                 else:  # add in float32, round once
-                    grad.index_copy_(0, idx, (grad.index_select(0, idx).to(compute) + update).to(grad.dtype))
+                    grad[part] = (grad[part].to(compute) + update).to(grad.dtype)
                 del z, update
         return grad, None, None, None, None, None, None
 
