@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one script a GPU session runs (one H100 or H200): full-size correctness of the fused kernels, then the entropy
-# benchmark, then the training-step benchmark. Every stage runs under its own time limit (120 + 30 + 180 + 120 s at most,
+# benchmark, then the training-step benchmarks (a transformers step, and verl's own actor update with and without
+# AEnt). Every stage runs under its own time limit (90 + 30 + 150 + 60 + 120 s at most,
 # so the whole script fits one 480-s device call with time left for a rerun in a 15-minute budget) and a failing
 # stage does not stop the next one; the exit status is non-zero if any stage failed.
 #
@@ -8,7 +9,7 @@
 #   AENT_GPU_PYTEST=1 bash scripts/gpu_checks.sh   # also run `pytest -m gpu` (repeats the verify stage; +90 s cap)
 #
 # Output: everything printed goes to $OUT/gpu_checks.log as well; the results files benchmarks/entropy.csv and
-# benchmarks/step.csv get rows appended and are copied to $OUT. Without $OUT a temporary folder is used and named at
+# benchmarks/step.csv and benchmarks/verl_update.csv get rows appended and are copied to $OUT. Without $OUT a temporary folder is used and named at
 # the end. Needs python3 with torch (CUDA) and Triton; transformers for the step benchmark (when it does not import,
 # wheels in .whl/ are installed into /tmp/site first, see docs/PERFORMANCE.md); pytest is optional.
 set -u -o pipefail
@@ -66,7 +67,7 @@ EOF
     # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows), including the
     #    select's fallback pass forced on every row and row skipping (row_mask); then the registers and spills the
     #    driver reports for the compiled kernels, against the compiled-code figures of scripts/kernel_cost.py.
-    stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask)" 120 "$PY" scripts/bench_entropy.py --verify
+    stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask)" 90 "$PY" scripts/bench_entropy.py --verify
     stage "kernel registers on the device" 30 "$PY" scripts/kernel_cost.py --on-device
     if [ "${AENT_GPU_PYTEST:-0}" = 1 ]; then
         if "$PY" -c "import pytest" 2>/dev/null; then
@@ -79,11 +80,11 @@ EOF
 
     # 2. Entropy benchmark (T 4096 and 16384, fp32 and bf16, p 0.33): every variant, the fused kernels also with
     #    the fallback forced and with half the rows skipped, and two other forward block shapes.
-    stage "bench_entropy" 180 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
+    stage "bench_entropy" 150 "$PY" scripts/bench_entropy.py --fused-configs 1024x4 4096x8
 
     # 3. Step overhead on a Qwen2.5-1.5B-shaped model, 4 x 1024 tokens.
     if "$PY" -c "import transformers" 2>/dev/null; then
-        stage "bench_step" 120 "$PY" scripts/bench_step.py
+        stage "bench_step" 60 "$PY" scripts/bench_step.py
     else
         FAILED+=("bench_step (transformers not importable)")
     fi
@@ -92,8 +93,8 @@ EOF
     #    model, bf16, with verl's own log-prob call (flash-attn's in-place cross-entropy when flash-attn is installed).
     #    Targets: update time ratio <= 1.05 (stretch 1.03), at most one logits-sized buffer more than plain.
     if "$PY" -c "import verl, tensordict, transformers" 2>/dev/null; then
-        stage "bench_verl_update" 150 "$PY" scripts/bench_verl_update.py --device cuda --dtype bf16 --logprob verl \
-            --preset qwen2.5-1.5b --vocab 151936 --seqs 4 --seq-len 1024 --prompt-len 256 --micro 4 --reps 5
+        stage "bench_verl_update" 120 "$PY" scripts/bench_verl_update.py --device cuda --dtype bf16 --logprob verl \
+            --preset qwen2.5-1.5b --vocab 151936 --seqs 4 --seq-len 1024 --prompt-len 256 --micro 4 --reps 3
     else
         echo "verl/tensordict/transformers not importable here: bench_verl_update skipped (carry the wheels, see"
         echo "docs/PERFORMANCE.md 'Running on the GPU machine')"
