@@ -195,8 +195,9 @@ def test_step_flags_and_controller_update(tmp_path, one_update_per_step, mode):
         assert len(trainer.actor_rollout_wg.update_batches) == step * updates
         for extra in sent:
             assert extra["aent_coef"] == coef_sent  # one coefficient for all updates of the step
-            assert extra["distillation_use_topk"] is True and extra["calculate_entropy"] is True
-            assert extra["distillation_only"] is False
+            # AEnt's flags, kept over the ones verl's _update_actor writes (it writes distillation_only=False)
+            assert extra["distillation_use_topk"] is True and extra["calculate_entropy"] is False
+            assert extra["distillation_only"] is True
             assert extra["global_batch_size"] == 128 * 16  # verl's own values are still there
         assert all(types == (dict, dict) for types in trainer.actor_rollout_wg.extra_info_types)
         measured = sum(sum(s) for s, _ in step_updates) / sum(sum(t) for _, t in step_updates)
