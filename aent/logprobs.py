@@ -17,16 +17,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from aent.entropy import _chunks, clamped_entropy
+from aent.entropy import _chunks, _default_chunk_size, clamped_entropy
 
 __all__ = ["logprobs_and_clamped_entropy"]
-
-# Rows of float32 scratch per chunk of the log-probability part: about 16 MiB per temporary on CPU, 128 MiB on GPU.
-_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
-
-
-def _chunk_size(vocab: int, device: torch.device, chunk_size: Optional[int]) -> int:
-    return chunk_size or max(1, _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"]) // max(vocab, 1))
 
 
 class _LogprobsAndClampedEntropy(torch.autograd.Function):
@@ -49,7 +42,8 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
         n, vocab = logits2d.shape
         lse = torch.zeros(n, dtype=compute, device=logits2d.device)
         logp = torch.zeros(n, dtype=compute, device=logits2d.device)
-        for part in _chunks(rows, n, _chunk_size(vocab, logits2d.device, chunk_size)):
+        size = chunk_size or _default_chunk_size(n, vocab, logits2d.device)  # the entropy part's chunks
+        for part in _chunks(rows, n, size):
             z = logits2d[part].to(compute)  # a view for a run of rows (float32 logits), a gathered copy otherwise
             chunk_lse = torch.logsumexp(z, dim=-1)
             lse[part] = chunk_lse
@@ -57,7 +51,7 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
             del z
         ctx.save_for_backward(logits2d, labels, rows, lse)
         ctx.entropy_graph = (leaf, ent) if needs_grad else None
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size = size
         return logp, ent.detach()
 
     @staticmethod
@@ -75,8 +69,7 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
             grad = torch.zeros_like(logits2d, memory_format=torch.contiguous_format)
         if grad_logp is not None:
             compute = lse.dtype
-            vocab = logits2d.shape[-1]
-            for part in _chunks(rows, logits2d.shape[0], _chunk_size(vocab, logits2d.device, ctx.chunk_size)):
+            for part in _chunks(rows, logits2d.shape[0], ctx.chunk_size):
                 z = logits2d[part].to(compute)
                 g = grad_logp[part].to(compute).unsqueeze(1)
                 # d logp / dz = onehot(label) - softmax(z)
