@@ -137,8 +137,8 @@ class AEntPolicyLoss:
     def logits_outputs(self, student_logits: torch.Tensor, data) -> Dict[str, torch.Tensor]:
         """Label log-probs and clamped entropy of the engine's ``(1, n_tokens, V)`` logits, each ``(1, n_tokens)``.
 
-        Only the loss rows are computed (0 elsewhere). Non-finite rows come back as NaN and are counted on response
-        tokens by the loss call (a per-call check here would add a device synchronisation per micro-batch).
+        Only the loss rows are computed (0 elsewhere). Non-finite rows come back as NaN: the loss call counts them on
+        response tokens, and the trainer stops the step with an error naming it.
         """
         logits = student_logits.squeeze(0)
         labels, rows = packed_labels_and_loss_rows(data, logits.shape[0], logits.device)
