@@ -393,6 +393,12 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
         usage = resource_usage(compiled.asm["cubin"], tools)
         shared = max(int(compiled.metadata.shared), usage["static_shared"])
         programs = programs_per_sm(usage["registers"], shared, v["warps"])
+        resources = dict(
+            registers=usage["registers"],
+            spill_bytes=usage["spill_bytes"],
+            shared_bytes=shared,
+            programs_per_sm=programs,
+        )
         instructions, labels = parse_sass(usage["sass"])
         if v["kernel"] == "backward":
             spans = [(instructions[0][0], instructions[-1][0])]
@@ -410,10 +416,7 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
             rows.append(
                 dict(
                     base,
-                    registers=usage["registers"],
-                    spill_bytes=usage["spill_bytes"],
-                    shared_bytes=shared,
-                    programs_per_sm=programs,
+                    **resources,
                     **{"pass": pass_name},
                     loop_instructions=counts["total"],
                     **{f"{k}_per_elem": fmt(val, 3) for k, val in per.items()},
@@ -429,10 +432,7 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
         rows.append(
             dict(
                 base,
-                registers=usage["registers"],
-                spill_bytes=usage["spill_bytes"],
-                shared_bytes=shared,
-                programs_per_sm=programs,
+                **resources,
                 **{"pass": "total (passes run)"},
                 est_ms_T4096=fmt(total_ms, 2),
                 note=note,

@@ -264,22 +264,23 @@ def test_format_penalty_and_kwargs():
         compute_score(MATH, r"\boxed{3}", "3", timeout=0)
 
 
-def test_loaded_through_verl_pkg_path():
-    """The exact path verl 0.9 takes for reward.custom_reward_function.path=pkg://aent.reward."""
+def _verl_reward_fn(name, reward_kwargs):
+    """The reward function verl 0.9 loads for reward.custom_reward_function.path=pkg://aent.reward and ``name``."""
     omegaconf = pytest.importorskip("omegaconf")
     verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
     cfg = omegaconf.OmegaConf.create(
         {
             "reward": {
-                "custom_reward_function": {
-                    "path": "pkg://aent.reward",
-                    "name": "compute_score",
-                    "reward_kwargs": {"format_penalty": 0.5, "timeout": 3},
-                }
+                "custom_reward_function": {"path": "pkg://aent.reward", "name": name, "reward_kwargs": reward_kwargs}
             }
         }
     )
-    fn = verl_reward.get_custom_reward_fn(cfg)
+    return verl_reward.get_custom_reward_fn(cfg)
+
+
+def test_loaded_through_verl_pkg_path():
+    """The exact path verl 0.9 takes for reward.custom_reward_function.path=pkg://aent.reward."""
+    fn = _verl_reward_fn("compute_score", {"format_penalty": 0.5, "timeout": 3})
     result = fn(data_source=MATH, solution_str=r"so $\boxed{0.5}$", ground_truth=r"\frac12", extra_info={"index": 1})
     assert result["score"] == 1.0 and result["reason"] == "correct"
     assert fn(data_source=MATH, solution_str="3", ground_truth="3", extra_info={})["score"] == -0.5
@@ -291,20 +292,7 @@ def test_loaded_through_verl_pkg_path():
 
 def test_async_entry_point_through_verl():
     """verl awaits a coroutine reward function directly; results equal the sync ones."""
-    omegaconf = pytest.importorskip("omegaconf")
-    verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
-    cfg = omegaconf.OmegaConf.create(
-        {
-            "reward": {
-                "custom_reward_function": {
-                    "path": "pkg://aent.reward",
-                    "name": "compute_score_async",
-                    "reward_kwargs": SLACK,
-                }
-            }
-        }
-    )
-    fn = verl_reward.get_custom_reward_fn(cfg)
+    fn = _verl_reward_fn("compute_score_async", SLACK)
     inputs = _mixed_inputs()[:24]
 
     async def run_all():
