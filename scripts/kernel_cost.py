@@ -8,17 +8,25 @@ target=GPUTarget("cuda", arch, 32))``) with the argument specialisation the laun
 
 * resources: registers per thread, local-memory spills (STACK/LOCAL), shared memory, and from them the programs
   (thread blocks) per multiprocessor;
-* per pass (each loop over the row in the SASS, in address order; the backward kernel has no loop and counts as
-  one pass over its block): warp instructions per element by class (integer, float, of which MUFU, vote/atomic,
-  memory, control), counting every instruction of the loop body once per iteration, as a warp issues it whether
-  predicated off or not (an upper bound where the body branches);
+* per pass (each loop in the SASS whose body reads global memory, in address order; the backward kernel has no
+  loop and counts as one pass over its block): warp instructions per element by class (integer, float, of which
+  MUFU, vote/atomic, memory, control), counting every instruction of the loop body once per iteration, as a warp
+  issues it whether predicated off or not (an upper bound where the body branches);
 * an estimated time per pass at H100 SXM figures (below): SM-cycles per element for the arithmetic (the slowest of
   the issue slots and the pipes) against those for streaming the pass's bytes at HBM bandwidth, with the memory
-  side stretched when too few bytes are in flight to cover the memory latency (Little's law). The kernel
-  estimate at T rows is the sum of its passes (a row's passes run one after the other).
+  side stretched when too few bytes are in flight to cover the memory latency (Little's law);
+* the work done once per row: every instruction outside the passes (an upper bound: it includes code only the
+  fallback runs) and the loops that do not read the row (the v3 select's bisections, times their trip counts),
+  each warp instruction issued by every warp of the program. Latency (the block-wide reductions wait on each
+  other) is not counted: the other programs on the multiprocessor are assumed to stream meanwhile.
 
-**Every figure is an estimate from compiled code, not a GPU time.** The baseline ("v1") is the kernel before the
-candidate-buffer select, read from git (``--baseline``); "v2" is the kernel in ``aent/ops/triton_entropy.py``.
+The kernel estimate at T rows is the sum of the passes a typical row runs and its per-row work.
+
+**Every figure is an estimate from compiled code, not a GPU time.** The kernels compared: "v1" (a radix select
+with a 256-bin histogram of every element in each of 4 float32 passes) and "v2" (the row max in the first pass,
+the float32 select finished on a candidate buffer after two digit passes), both read from git, and "v3" (pivots
+from a sample, counted in pass 1; the select finished on a candidate buffer in pass 2), the kernel in
+``aent/ops/triton_entropy.py``.
 
 Needs: Python with torch (CPU is enough) and Triton >= 3.4 (the NVIDIA backend with its bundled ptxas, cuobjdump and
 nvdisasm; no GPU, no driver). To compile with another Triton than the importable one, install it separately and
@@ -31,6 +39,7 @@ Examples::
 
     python scripts/kernel_cost.py                      # the importable Triton, sm_90 and sm_80, table + CSV
     python scripts/kernel_cost.py --arch 90 --no-csv   # sm_90 only, print only
+    python scripts/kernel_cost.py --generations v3 --configs 2048x8 4096x8   # other forward blocks of v3
     python scripts/kernel_cost.py --triton-path /tmp/triton371 --triton-path default
 
 Results are printed and appended to ``benchmarks/kernel_cost.csv`` (date, Triton version, target; one row per pass
@@ -78,8 +87,15 @@ MAX_PROGRAMS_PER_SM = 32
 
 BYTES_PER_SM_CYCLE = HBM_BYTES_PER_S / (NUM_SMS * CLOCK_HZ)
 
-#: The kernel before this change (4 full passes for float32, histogram of every element in each), from git.
+#: Earlier kernels, from git: v1 (4 full passes for float32, a histogram of every element in each) and v2 (the row max
+#: in the first pass, the float32 select finished on a candidate buffer after two digit passes).
 BASELINE_REV = "e6e7fef"
+V2_REV = "c26a80a"
+#: Trip counts of the v3 forward's loops that do not read the row: the sample bisection finds a 16-bit prefix (16
+#: steps); the candidate bisection runs one step per bit of the interval's key span, ~20 for the interval of a
+#: typical row (about 0.1 in value at magnitude ~1-4, ~2^20 float32 keys), stated here as an assumption.
+V3_SAMPLE_STEPS = 16
+V3_CANDIDATE_STEPS = 20
 
 VOCAB = 151_936
 TOKENS = 4096
@@ -196,9 +212,8 @@ FEATURES = {"max": ("FMNMX",), "exp": ("MUFU",), "store": ("STG",)}
 
 def name_loops(instructions, spans, passes):
     """Match the loops to the passes: a pass with a feature (the row max, an exponential, a global store) takes the
-    loop with that instruction, the others the remaining loops in address order. ([names], note)."""
-    if len(spans) != len(passes):
-        return [f"loop {i + 1}" for i in range(len(spans))], f"{len(spans)} loops found, {len(passes)} expected"
+    loop with that instruction, the others the remaining loops in address order. When the compiler laid out fewer
+    or more loops than passes, the featured passes are still matched and the other loops numbered. ([names], note)."""
     opcodes = [{op.split(".")[0] for address, op, _ in instructions if a <= address <= b} for a, b in spans]
     names: List[Optional[str]] = [None] * len(spans)
     for name, feature in passes:
@@ -206,11 +221,15 @@ def name_loops(instructions, spans, passes):
             hits = [i for i, ops in enumerate(opcodes) if names[i] is None and ops & set(FEATURES[feature])]
             if feature == "exp":  # the candidate pass also has exponentials: prefer a loop without stores
                 hits = [i for i in hits if "STG" not in opcodes[i]] or hits
-            if not hits:
-                return [f"loop {i + 1}" for i in range(len(spans))], f"no loop with {feature} for {name}"
-            names[hits[0]] = name
-    rest = iter(name for name, feature in passes if feature is None)
-    return [name if name is not None else next(rest) for name in names], ""
+            if hits:
+                names[hits[0]] = name
+    note = ""
+    if len(spans) != len(passes):
+        note = f"{len(spans)} loops found, {len(passes)} expected"
+        rest = iter(f"loop {i + 1}" for i in range(len(spans)))
+    else:
+        rest = iter(name for name, feature in passes if name not in names)
+    return [name if name is not None else next(rest) for name in names], note
 
 
 def count_classes(instructions, start, end) -> Dict[str, int]:
@@ -267,8 +286,9 @@ def compile_variant(module, kernel_name: str, args: tuple, constants: dict, num_
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
-def variants(module, generation: str, vocab: int, block: int, warps: int):
-    """(kernel, variant, dtype, args, constants, warps, passes, bytes per element per pass) to compile."""
+def variants(module, generation: str, vocab: int, block: Optional[int], warps: int):
+    """(kernel, variant, dtype, args, constants, warps, passes, bytes per element per pass) to compile. ``block``
+    None: the kernel's own default for each dtype."""
     import torch
     from triton.runtime.jit import MockTensor
 
@@ -280,17 +300,19 @@ def variants(module, generation: str, vocab: int, block: int, warps: int):
         f32 = MockTensor(torch.float32)
         key_bits = 32 if dtype == torch.float32 else 16
         common = dict(KEY_BITS=key_bits, IS_BF16=dtype == torch.bfloat16, SELECT=True, COL_CONTIGUOUS=True)
+        forward_block = block or (module.FORWARD_BLOCK_BYTES // size if generation == "v3" else 2048)
+        loops = {}
         if generation == "v1":
             args = (ptr, vocab, 1, vocab, k, f32, f32, f32, f32)
-            constants = dict(common, BLOCK=block)
+            constants = dict(common, BLOCK=forward_block)
             names = [(f"digit {i + 1}", None) for i in range(key_bits // 8 - 1)] + [("last digit + softmax", "exp")]
             used = [name for name, _ in names]
-        else:
+        elif generation == "v2":
             args = (ptr, vocab, 1, vocab, k, f32, f32, f32, f32, f32, f32)
             constants = dict(
                 common,
                 HAS_ROW_MASK=False,
-                BLOCK=block,
+                BLOCK=forward_block,
                 CANDIDATES=module.CANDIDATES,
                 CANDIDATE_DEPTH=module.CANDIDATE_DEPTH,
             )
@@ -306,6 +328,26 @@ def variants(module, generation: str, vocab: int, block: int, warps: int):
             else:
                 names = [("max + digit 1", "max"), ("last digit + softmax", "exp")]
                 used = [name for name, _ in names]
+        else:
+            args = (ptr, vocab, 1, vocab, k, f32, f32, f32, f32, f32, f32, f32)
+            lane_width = 16 // size
+            constants = dict(
+                common,
+                HAS_ROW_MASK=False,
+                BLOCK=forward_block,
+                LANE_WIDTH=lane_width,
+                SAMPLE_GROUP=2 * lane_width,
+                SAMPLE=module.SAMPLE,
+                PIVOTS=module.PIVOTS[size],
+                CANDIDATES=module.CANDIDATES,
+                CANDIDATE_DEPTH=module.CANDIDATE_DEPTH,
+            )
+            digits = [(f"digit {i + 1} (fallback)", None) for i in range(key_bits // 8 - 1)]
+            names = [("max + counts", "max"), ("softmax + candidates", "store")] + digits
+            names.append(("last digit + softmax (fallback)", "exp"))
+            used = ["max + counts", "softmax + candidates"]
+            # Loops that do not read the row, in address order, with their trip counts per row.
+            loops = {"sample bisection": V3_SAMPLE_STEPS, "candidate bisection": V3_CANDIDATE_STEPS}
         out.append(
             dict(
                 kernel="forward",
@@ -313,15 +355,16 @@ def variants(module, generation: str, vocab: int, block: int, warps: int):
                 args=args,
                 constants=constants,
                 warps=warps,
-                block=block,
+                block=forward_block,
                 passes=names,
                 used=used,
+                row_loops=loops,
                 bytes_per_elem=size,
             )
         )
         bwd_args = (ptr, vocab, 1, ptr, vocab, vocab, f32, 1, f32, f32, f32, f32)
         bwd_constants = dict(COL_CONTIGUOUS=True, BLOCK=module.BACKWARD_BLOCK)
-        if generation == "v2":
+        if generation != "v1":
             bwd_args = (ptr, vocab, 1, ptr, vocab, vocab, f32, 1, f32, f32, f32, f32, f32)
             bwd_constants["HAS_ROW_MASK"] = False
         out.append(
@@ -334,6 +377,7 @@ def variants(module, generation: str, vocab: int, block: int, warps: int):
                 block=module.BACKWARD_BLOCK,
                 passes=[("read + write", None)],
                 used=["read + write"],
+                row_loops={},
                 bytes_per_elem=2 * size,
             )
         )
@@ -366,7 +410,7 @@ def estimate_pass(counts: Dict[str, int], warps: int, block: int, bytes_per_elem
     return per, alu, mem, latency_factor
 
 
-def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> List[Dict[str, object]]:
+def worker(generation: str, source: Path, arch: int, block: Optional[int], warps: int) -> List[Dict[str, object]]:
     import triton
 
     os.environ.pop("TRITON_INTERPRET", None)
@@ -401,10 +445,16 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
         )
         instructions, labels = parse_sass(usage["sass"])
         if v["kernel"] == "backward":
-            spans = [(instructions[0][0], instructions[-1][0])]
+            spans, row_loops = [(instructions[0][0], instructions[-1][0])], []
         else:
-            spans = find_loops(instructions, labels)
+            spans, row_loops = split_loops(instructions, find_loops(instructions, labels))
         names, note = name_loops(instructions, spans, v["passes"])
+        loop_names = list(v["row_loops"])
+        if len(row_loops) != len(loop_names):
+            note = "; ".join(
+                filter(None, [note, f"{len(row_loops)} loops without row loads, {len(loop_names)} expected"])
+            )
+            loop_names = [f"row loop {i + 1}" for i in range(len(row_loops))]
         total_ms = 0.0
         for pass_name, (start, end) in zip(names, spans):
             counts = count_classes(instructions, start, end)
@@ -425,10 +475,44 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
                     mem_cycles_per_elem=fmt(mem, 3),
                     bound="ALU" if alu > mem else "memory",
                     est_ms_T4096=fmt(ms, 2),
-                    note=(note or ("" if used else "not run for ordinary rows"))
-                    + (f"; memory side x{latency:.1f} for latency" if latency > 1 else ""),
+                    note="; ".join(
+                        filter(
+                            None,
+                            [
+                                note,
+                                "" if used else "not run for ordinary rows",
+                                f"memory side x{latency:.1f} for latency" if latency > 1 else "",
+                            ],
+                        )
+                    ),
                 )
             )
+        if v["kernel"] == "forward":
+            # Work once per row: the loops that do not read the row (times their trip count) and every instruction
+            # outside all loops (an upper bound: it includes the fallback's straight-line code).
+            looped = spans + row_loops
+            outside = [(a, a) for a, _, _ in instructions if not any(s <= a <= e for s, e in looped)]
+            parts = [("straight-line code", outside, 1)]
+            parts += [(name, [span], v["row_loops"].get(name, 1)) for name, span in zip(loop_names, row_loops)]
+            for part_name, part_spans, trips in parts:
+                counts = {}
+                for start, end in part_spans:
+                    for key, value in count_classes(instructions, start, end).items():
+                        counts[key] = counts.get(key, 0) + value
+                cycles = row_cycles(counts, v["warps"]) * trips
+                ms = cycles * TOKENS / NUM_SMS / CLOCK_HZ * 1e3
+                total_ms += ms
+                rows.append(
+                    dict(
+                        base,
+                        **resources,
+                        **{"pass": f"per row: {part_name}"},
+                        loop_instructions=counts["total"],
+                        est_ms_T4096=fmt(ms, 2),
+                        note=f"{trips} x {counts['total']} warp instructions x {v['warps']} warps, "
+                        f"{cycles:.0f} SM-cycles per row (issue and pipes only; latency not counted)",
+                    )
+                )
         rows.append(
             dict(
                 base,
@@ -441,18 +525,38 @@ def worker(generation: str, source: Path, arch: int, block: int, warps: int) -> 
     return rows
 
 
+def split_loops(instructions, spans):
+    """(loops that read the row: passes, loops that do not). A pass has a global load (LDG) in its body."""
+    passes, others = [], []
+    for start, end in spans:
+        reads = any(op.startswith("LDG") for address, op, _ in instructions if start <= address <= end)
+        (passes if reads else others).append((start, end))
+    return passes, others
+
+
+def row_cycles(counts: Dict[str, int], warps: int) -> float:
+    """SM-cycles of code every warp of a program runs once: the slowest of the issue slots and the pipes."""
+    return max(
+        counts["total"] * warps / ISSUE_PER_CYCLE,
+        counts["int"] * warps / INT_PER_CYCLE,
+        counts["float"] * warps / FLOAT_PER_CYCLE,
+        counts["mufu"] * warps / MUFU_PER_CYCLE,
+        (counts["vote_atomic"] + counts["memory"]) * warps / MIO_PER_CYCLE,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Driver: one worker process per Triton.
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def baseline_source(rev: str, folder: Path) -> Path:
+def git_source(rev: str, generation: str, folder: Path) -> Path:
     text = subprocess.run(
         ["git", "-C", str(REPO), "show", f"{rev}:aent/ops/triton_entropy.py"], capture_output=True, text=True
     )
     if text.returncode != 0:
-        raise SystemExit(f"--baseline {rev}: git cannot read aent/ops/triton_entropy.py there: {text.stderr.strip()}")
-    path = folder / "triton_entropy_v1.py"
+        raise SystemExit(f"{generation} at {rev}: git cannot read aent/ops/triton_entropy.py: {text.stderr.strip()}")
+    path = folder / f"triton_entropy_{generation}.py"
     path.write_text(text.stdout)
     return path
 
@@ -506,9 +610,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (default 90 80)")
     parser.add_argument(
-        "--baseline", default=BASELINE_REV, help=f"git revision of the v1 kernel (default {BASELINE_REV})"
+        "--generations",
+        nargs="+",
+        choices=["v1", "v2", "v3"],
+        default=["v1", "v2", "v3"],
+        help=f"kernels to compile: v1 (git {BASELINE_REV}), v2 (git {V2_REV}), v3 (the working tree); default all",
     )
-    parser.add_argument("--no-baseline", action="store_true", help="only the current kernel")
     parser.add_argument("--configs", nargs="+", help="forward BLOCKxWARPS of the current kernel (default: its own)")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "kernel_cost.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only")
@@ -534,16 +641,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows: List[Dict[str, object]] = []
     with tempfile.TemporaryDirectory() as folder:
         jobs = []
-        if not args.no_baseline:
-            jobs.append(
-                dict(generation="v1", source=str(baseline_source(args.baseline, Path(folder))), block=2048, warps=8)
-            )
-        for config in args.configs or [None]:
+        for generation, rev in (("v1", BASELINE_REV), ("v2", V2_REV)):
+            if generation in args.generations:
+                source = str(git_source(rev, generation, Path(folder)))
+                jobs.append(dict(generation=generation, source=source, block=2048, warps=8))
+        for config in (args.configs or [None]) if "v3" in args.generations else []:
             if config is None:
-                block, warps = _defaults(current)
+                block, warps = None, _default_warps(current)  # the kernel's own block per dtype
             else:
                 block, warps = (int(v) for v in config.lower().split("x"))
-            jobs.append(dict(generation="v2", source=str(current), block=block, warps=warps))
+            jobs.append(dict(generation="v3", source=str(current), block=block, warps=warps))
         for triton_path in args.triton_path or ["default"]:
             for arch in args.arch:
                 for job in jobs:
@@ -590,11 +697,8 @@ def on_device() -> int:
     return 0
 
 
-def _defaults(source: Path):
-    text = source.read_text()
-    block = int(re.search(r'AENT_TRITON_FORWARD_BLOCK", "(\d+)"', text).group(1))
-    warps = int(re.search(r'AENT_TRITON_FORWARD_WARPS", "(\d+)"', text).group(1))
-    return block, warps
+def _default_warps(source: Path) -> int:
+    return int(re.search(r'AENT_TRITON_FORWARD_WARPS", "(\d+)"', source.read_text()).group(1))
 
 
 if __name__ == "__main__":

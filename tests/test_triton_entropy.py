@@ -255,10 +255,10 @@ def test_row_mask_all_false_and_errors(kernels):
 @pytest.mark.parametrize("clamp_p", [0.25, 0.33, 0.9])
 @pytest.mark.parametrize("candidates, depth", [(16, 4), (2048, 1)], ids=["bucket-over-16", "lane-over-1-slot"])
 def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
-    """float32 rows whose threshold bucket (top 16 key bits) does not fit the candidate buffer take one more digit
-    pass: decided before the pass when the bucket holds more than ``candidates`` elements, after it when one lane
-    of the block met more than ``depth``. Small limits force both for the tie-heavy and dense rows and keep the
-    buffer path for the others, in one launch."""
+    """Rows whose threshold interval does not fit the candidate buffer take the fallback passes: decided after pass 1
+    when the interval holds more than ``candidates`` elements, after pass 2 when one lane of the block met more than
+    ``depth``. Small limits force both for the tie-heavy and dense rows and keep the buffer path for the others, in
+    one launch."""
     gen = torch.Generator().manual_seed(9)
     quantised = (torch.randint(-6, 6, (2, 1001), generator=gen).float() / 4).to(dtype)  # ~80 ties per value
     # 600 values in [1, 1 + 2^-7), i.e. one 16-bit bucket, that differ (with repeats) in both lower key digits.
@@ -280,6 +280,37 @@ def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
     torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(x.grad.double(), ref_grad, rtol=1e-4, atol=2e-6)
     assert torch.equal(x.grad != 0, _kept_mask(logits, clamp_p))
+    with interpreter_mode():
+        passes = kernels.forward_passes(logits, k, forward_block=BLOCK, candidates=candidates, candidate_depth=depth)
+    # The quantised rows fall back: decided after pass 1 (too many ties in the interval: 1 + 4 passes) or after
+    # pass 2 (a lane met two candidates: 2 + 4); some spread rows finish on the buffer in both cases.
+    assert (passes[:2] == (5 if candidates == 16 else 6)).all()
+    assert (passes == 2).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_select_paths(kernels, dtype):
+    """Which path each row takes, and that both give the exact result: an ordinary row finishes on the candidate
+    buffer in two passes; a row whose sampled positions are unrepresentative (the sample misses the threshold) and a
+    constant row (every element in one interval) take the fallback."""
+    vocab = 4096 + 3  # the sample reads 256 runs (float32) of 8 elements every 16: positions i % 16 < 8
+    gen = torch.Generator().manual_seed(11)
+    ordinary = torch.randn(vocab, generator=gen) * 3
+    skewed = torch.randn(vocab, generator=gen)
+    columns = torch.arange(vocab)
+    sampled = (columns % 16 < 8) if dtype == torch.float32 else (columns % 32 < 16)
+    skewed[sampled[:vocab]] += 50.0  # the sample sees only these; the threshold lies among the others
+    constant = torch.full((vocab,), 0.5)
+    logits = torch.stack([ordinary, skewed, constant]).to(dtype)
+    clamp_p = 0.33
+    k = aent.num_removed(vocab, clamp_p)
+    with interpreter_mode():
+        passes = kernels.forward_passes(logits, k, forward_block=1024)
+        ent = kernels.clamped_entropy_rows(logits, k, forward_block=1024)
+    full = 1 + (4 if dtype == torch.float32 else 2)  # pass 1, then the fallback's digit and last passes
+    assert passes.tolist() == [2.0, full, full]
+    ref_ent, _ = _reference(logits, clamp_p, torch.ones(3))
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=2e-5, atol=2e-5)
 
 
 def test_p_zero_equals_full_entropy(kernels):
@@ -308,9 +339,9 @@ def test_argument_errors(kernels):
 )
 def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     """Real vocabulary sizes with the default block shapes (the ones a GPU runs), in the interpreter: many blocks
-    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row. In float32 the first row
-    finishes its select on the candidate buffer and the tie-heavy row (thousands of equal logits in the threshold's
-    bucket) takes the fallback pass."""
+    per row, a partial last block at V = 151,936, padded -inf columns and a tie-heavy row. The first row finishes
+    its select on the candidate buffer in two passes; the tie-heavy row (thousands of equal logits at the threshold)
+    takes the fallback passes."""
     gen = torch.Generator().manual_seed(vocab)
     # A narrow spread keeps every kept token's probability (and gradient) far from underflow, so that the exact
     # kept set can be read off the gradient's non-zero pattern.
@@ -330,6 +361,9 @@ def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     kept = _kept_mask(logits, clamp_p)
     assert torch.equal(x.grad != 0, kept)  # exactly the SPEC kept set gets a gradient, ties included
     assert kept[0].sum() >= vocab - aent.num_removed(vocab, clamp_p)
+    with interpreter_mode():
+        passes = kernels.forward_passes(logits, aent.num_removed(vocab, clamp_p))
+    assert passes[0] == 2 and passes[1] > 2  # the candidate buffer, and the fallback for the tie-heavy row
 
 
 @pytest.fixture

@@ -3,23 +3,26 @@
 Two launches per forward + backward, and only four float32 numbers per row kept in between:
 
 Forward (one program per row)
-    Exact per-row threshold by radix select on an order-preserving integer key of the logits' bits, with 8-bit
-    digits, each a 256-bin ``tl.histogram`` (with its ``mask``) of the next digit among the elements whose higher
-    digits match the threshold found so far.
+    The threshold (the element of rank ``k``, SPEC's ``t``) is found without a histogram of the whole row: counting
+    against a few values is a compare and an add per element, whereas ``tl.histogram`` under Triton 3.7.1 (the
+    version torch 2.13 pins) costs ~75 instructions per element, far more than streaming the element.
 
+    * Sample: 2048 elements (runs of one 32-byte sector spread over the row). Bisection on their keys' top 16 bits
+      gives two values ``lo`` and ``hi`` that hold the sample's rank ``k/V x 2048 -/+ (3 sigma + 2)``; ``PIVOTS``
+      values (8 for float32, 6 for 16-bit types) run evenly from ``lo`` to ``hi``.
     * Pass 1 reads the row once for its maximum (the softmax shift: the maximum is always kept), the NaN/+inf flag
-      and the top digit's histogram.
-    * float32, pass 2: the second digit. The threshold's 16-bit bucket then holds ~0.1-0.3% of a typical row.
-      Pass 3 sums ``exp(z - max)`` and ``exp(z - max) (z - max)`` over the elements above that bucket (one
-      exponential each) and copies the bucket's elements to a per-row candidate buffer, each lane of the block to
-      its own slots (no communication between threads); the last two digits are selected on the copy. Three passes.
-      Fallback, decided per row: when the bucket holds more than ``CANDIDATES`` elements (known from pass 2's
-      histogram: heavy ties, quantised logits) or one lane met more than ``CANDIDATE_DEPTH``, a third digit pass
-      and then the last pass below (four or five passes, exact either way).
-    * bfloat16/float16 (16-bit keys), and float32 after the fallback: the last pass sums the softmax terms of the
-      elements above the threshold's 8-bit-wide bucket and histograms the last digit inside it; those elements'
-      values are known from the bin index, so their contribution is added from the counts. Two passes for 16-bit
-      keys.
+      and, per pivot, the number of elements below it. The threshold then lies in ``[pivot j, pivot j + 1)`` for the
+      last ``j`` with ``below[j] <= k``, which holds ~0.9% of a typical row.
+    * Pass 2 sums ``exp(z - max)`` and ``exp(z - max) (z - max)`` over the elements ``>= pivot j + 1`` (all kept, one
+      exponential each) and copies the interval's elements to a per-row buffer, each 16-byte lane of the block to its
+      own slots (no communication between threads). The copy is compacted, the threshold found on it by bisection of
+      the keys (one block-wide count per bit), and its kept elements added. Two passes over the row in every dtype.
+    * Fallback, decided per row and exact either way: when the sample missed (``k`` outside the pivots' counts),
+      the interval holds more than ``CANDIDATES`` elements (heavy ties, quantised logits) or one lane met more than
+      ``CANDIDATE_DEPTH``, a radix select with 8-bit digits (a 256-bin ``tl.histogram`` of the next digit among the
+      elements whose higher digits match, one pass per digit), then a last pass that sums the softmax terms above
+      the threshold's 8-bit-wide bucket and histograms the last digit inside it (those elements' values are known
+      from their bin). Three or four passes more for float32, one or two for 16-bit keys.
     * A row with ``k = 0`` skips the selection: one pass (online max for the softmax sums).
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
@@ -51,23 +54,39 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["clamped_entropy_rows", "SUPPORTED_DTYPES", "FORWARD_BLOCK", "BACKWARD_BLOCK", "INTERPRETED"]
+__all__ = [
+    "clamped_entropy_rows",
+    "forward_passes",
+    "SUPPORTED_DTYPES",
+    "FORWARD_BLOCK",
+    "BACKWARD_BLOCK",
+    "INTERPRETED",
+]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-# Elements per block (powers of two) and warps per program. The forward block is what one histogram call sees.
-# Registers, spills and programs per multiprocessor depend on the Triton version and the target: scripts/kernel_cost.py
-# compiles the kernels and writes them to benchmarks/kernel_cost.csv (docs/PERFORMANCE.md has the table). Overridable
-# for tuning without code changes (scripts/bench_entropy.py --fused-configs).
-FORWARD_BLOCK = int(os.environ.get("AENT_TRITON_FORWARD_BLOCK", "2048"))
+# Elements per block (powers of two) and warps per program. Registers, spills and programs per multiprocessor depend
+# on the Triton version and the target: scripts/kernel_cost.py compiles the kernels and writes them to
+# benchmarks/kernel_cost.csv (docs/PERFORMANCE.md has the table). Overridable for tuning without code changes
+# (scripts/bench_entropy.py --fused-configs). The forward block defaults to FORWARD_BLOCK_BYTES of logits (2048
+# float32 or 4096 bfloat16/float16 elements), so that a program has the same bytes in flight in every dtype.
+FORWARD_BLOCK_BYTES = 8192
+FORWARD_BLOCK = int(os.environ["AENT_TRITON_FORWARD_BLOCK"]) if os.environ.get("AENT_TRITON_FORWARD_BLOCK") else None
 FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
-# float32 select: rows whose threshold bucket (top 16 key bits) holds at most CANDIDATES elements finish the select on
-# a per-row buffer of CANDIDATE_DEPTH x FORWARD_BLOCK float32 slots (32 KB per row at the defaults: 5% of the fp32
-# logits at V = 151,936, freed before the backward allocates the gradient).
-CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "2048"))
-CANDIDATE_DEPTH = int(os.environ.get("AENT_TRITON_CANDIDATE_DEPTH", "4"))
+# The select: PIVOTS values from a sample of SAMPLE elements split the row in pass 1; the interval that holds the
+# threshold is finished on a per-row candidate buffer in pass 2 when it holds at most CANDIDATES elements and no lane
+# (a 16-byte run of the block) meets more than CANDIDATE_DEPTH of them. The buffer is CANDIDATE_DEPTH x lanes float32
+# slots per row (32 KB at the defaults in every dtype; 5% of the float32 logits at V = 151,936, 11% of bfloat16),
+# freed before the backward allocates the gradient.
+SAMPLE = 2048
+PIVOTS = {4: 8, 2: 6}  # by element size: fewer in 16-bit types, whose pass 1 has half the time per element
+CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "4096"))
+CANDIDATE_DEPTH = int(os.environ.get("AENT_TRITON_CANDIDATE_DEPTH", "16"))
+
+
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2(e)); exp2 is one instruction
 
 
 @triton.jit
@@ -110,11 +129,11 @@ def _select_digit(hist, rank):
 
 
 @triton.jit
-def _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.constexpr):
+def _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.constexpr, other=0.0):
     if COL_CONTIGUOUS:
-        x = tl.load(row_ptr + cols, mask=in_bounds, other=0.0)
+        x = tl.load(row_ptr + cols, mask=in_bounds, other=other)
     else:
-        x = tl.load(row_ptr + cols.to(tl.int64) * stride_col, mask=in_bounds, other=0.0)
+        x = tl.load(row_ptr + cols.to(tl.int64) * stride_col, mask=in_bounds, other=other)
     return x
 
 
@@ -126,21 +145,92 @@ def _digit_histogram(
     target,
     SHIFT: tl.constexpr,
     KEY_BITS: tl.constexpr,
+    TOP: tl.constexpr,
     COL_CONTIGUOUS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One pass over the row: 256-bin histogram of key digit ``(key >> SHIFT) & 255`` among the elements whose
-    higher digits equal those of ``target``."""
+    higher digits equal those of ``target``; with ``TOP`` the top digit of every element, read as unsigned."""
     offsets = tl.arange(0, BLOCK)
     hist = tl.zeros([256], dtype=tl.int32)
-    prefix = target >> (SHIFT + 8)
     for start in range(0, n, BLOCK):
         cols = start + offsets
         in_bounds = cols < n
         key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
-        match = in_bounds & ((key >> (SHIFT + 8)) == prefix)
-        hist += tl.histogram((key >> SHIFT) & 255, 256, mask=match)
+        if TOP:
+            hist += tl.histogram(((key >> SHIFT) & 255) ^ 128, 256, mask=in_bounds)
+        else:
+            match = in_bounds & ((key >> (SHIFT + 8)) == (target >> (SHIFT + 8)))
+            hist += tl.histogram((key >> SHIFT) & 255, 256, mask=match)
     return hist
+
+
+@triton.jit
+def _nan_max(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _max_with_nan(z):
+    """Maximum over axis 1 that returns NaN when any element is NaN (``tl.max`` drops NaNs)."""
+    return tl.reduce(z, 1, _nan_max)
+
+
+@triton.jit
+def _count_below(u, valid, trial):
+    """Number of valid elements of ``u`` below ``trial`` (one block-wide reduction)."""
+    return tl.sum((valid & (u < trial)).to(tl.int32))
+
+
+@triton.jit
+def _sample_pivots(
+    row_ptr,
+    n,
+    stride_col,
+    num_removed,
+    COL_CONTIGUOUS: tl.constexpr,
+    SAMPLE_GROUPS: tl.constexpr,
+    SAMPLE_GROUP: tl.constexpr,
+    PIVOTS: tl.constexpr,
+):
+    """``PIVOTS`` non-decreasing float32 values that bracket the threshold with high probability, from a sample of
+    ``SAMPLE_GROUPS`` runs of ``SAMPLE_GROUP`` contiguous elements (one 32-byte sector each) spread over the row.
+
+    The outer two are the sample's elements of rank ``k/n x S -/+ (3 sigma + 2)`` (binomial sigma), rounded down /
+    up to a 16-bit key prefix, found by bisection on the sample (16 counting steps); the inner ones are spaced evenly
+    in value between them. Only the counts of pass 1 decide anything, so any values here are correct; good ones
+    make the threshold's interval small."""
+    groups = tl.arange(0, SAMPLE_GROUPS)
+    cols = groups[:, None] * (n // SAMPLE_GROUPS) + tl.arange(0, SAMPLE_GROUP)[None, :]
+    valid = cols < n
+    z = _load_row_block(row_ptr, cols, valid, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    prefix = (_sorted_key(z, 32) >> 16) + 32768  # the key's top 16 bits, read as unsigned: [0, 65536)
+    count = tl.sum(valid.to(tl.int32))
+    fraction = num_removed / tl.maximum(n, 1).to(tl.float32)
+    expected = fraction * count.to(tl.float32)
+    margin = 3.0 * tl.sqrt(expected * (1.0 - fraction)) + 2.0
+    rank_lo = tl.floor(expected - margin).to(tl.int32)
+    rank_hi = tl.ceil(expected + margin).to(tl.int32)
+    # Largest prefix v with (elements with prefix < v) <= rank: the prefix of the element of that rank.
+    v_lo = count * 0
+    v_hi = count * 0
+    for i in range(16):
+        bit = 1 << (15 - i)
+        v_lo = tl.where(_count_below(prefix, valid, v_lo + bit) <= rank_lo, v_lo + bit, v_lo)
+        v_hi = tl.where(_count_below(prefix, valid, v_hi + bit) <= rank_hi, v_hi + bit, v_hi)
+    lo = _key_to_float((v_lo - 32768) << 16, 32, False)  # the smallest value with that prefix
+    lo = tl.where((rank_lo >= 0) & (lo == lo), lo, float("-inf"))
+    hi = _key_to_float((tl.minimum(v_hi + 1, 0x7F80 + 32768) - 32768) << 16, 32, False)  # next prefix, at most +inf
+    hi = tl.where(rank_hi < count, hi, float("inf"))
+    finite = valid & (z > float("-inf")) & (z < float("inf"))
+    base = tl.where(lo > float("-inf"), lo, tl.min(tl.where(finite, z, float("inf")), 0).min(0))
+    top = tl.where(hi < float("inf"), hi, tl.max(tl.where(finite, z, float("-inf")), 0).max(0))
+    spaced = (base <= top) & (base > float("-inf")) & (top < float("inf"))
+    index = tl.arange(0, 8)  # PIVOTS <= 8 used; the others +inf (never below the threshold)
+    inner = tl.minimum(tl.maximum(base + (top - base) * (index.to(tl.float32) / (PIVOTS - 1)), base), top)
+    inner = tl.where(spaced, inner, hi)
+    pivots = tl.where(index == 0, lo, tl.where(index == PIVOTS - 1, hi, inner))
+    return tl.where(index < PIVOTS, pivots, float("inf"))
 
 
 @triton.jit
@@ -149,55 +239,80 @@ def _softmax_and_candidates(
     n,
     stride_col,
     buffer_ptr,
-    target,
+    lo,
+    hi,
     rank,
     row_max,
     COL_CONTIGUOUS: tl.constexpr,
-    BLOCK: tl.constexpr,
+    LANES: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
     DEPTH: tl.constexpr,
+    CANDIDATES: tl.constexpr,
 ):
-    """float32 keys whose top 16 bits (``target >> 16``) are known. One pass over the row: softmax sums of the
-    elements above that bucket, and the bucket's elements copied to ``buffer_ptr`` (lane ``j`` of the block writes
-    its ``i``-th one to slot ``i * BLOCK + j``). Then the last two digits are selected on the copy and its kept
-    elements added. Returns (sum of weights, sum of weight x shifted value, threshold, whether it all fit)."""
-    offsets = tl.arange(0, BLOCK)
-    neg_inf = float("-inf")
-    bucket = target >> 16
-    lane_total = tl.zeros([BLOCK], dtype=tl.float32)
-    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
-    lane_count = tl.zeros([BLOCK], dtype=tl.int32)
-    for start in range(0, n, BLOCK):
-        cols = start + offsets
-        in_bounds = cols < n
-        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-        z = x.to(tl.float32)
-        key_bucket = _sorted_key(x, 32) >> 16
-        take = in_bounds & (key_bucket > bucket) & (z > neg_inf)
-        in_bucket = in_bounds & (key_bucket == bucket)
-        tl.store(buffer_ptr + lane_count * BLOCK + offsets, z, mask=in_bucket & (lane_count < DEPTH))
-        lane_count += in_bucket.to(tl.int32)
-        shifted = tl.where(take, z - row_max, 0.0)
-        weight = tl.where(take, tl.exp(shifted), 0.0)
-        lane_total += weight
-        lane_weighted += weight * shifted
-    fits = tl.max(lane_count, 0) <= DEPTH
+    """Pass 2: softmax sums over the elements ``>= hi`` (all kept), and the elements in ``[lo, hi)`` copied to
+    ``buffer_ptr``: the block is read as ``LANES`` runs of ``LANE_WIDTH`` contiguous elements (one vector load each),
+    and lane ``r`` writes its ``i``-th candidate to slot ``i * LANES + r`` (no communication between threads). Then
+    the threshold, the candidate of 0-based ``rank``, is found by bisection on the candidates' keys, and the kept
+    candidates are added. Returns (sum of weights, sum of weight x shifted value, threshold, whether it all fit)."""
+    lanes = tl.arange(0, LANES)
+    tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    lane_total = tl.zeros([LANES], dtype=tl.float32)
+    lane_weighted = tl.zeros([LANES], dtype=tl.float32)  # in log2 units: sum of w (z - max) log2(e)
+    lane_count = tl.zeros([LANES], dtype=tl.int32)
+    # hi > -inf here (below[j + 1] > k >= 0 elements lie below it), so `z >= hi` keeps -inf out; out-of-row elements
+    # read as NaN, which no comparison passes.
+    for start in range(0, n, LANES * LANE_WIDTH):
+        cols = start + tile
+        z = _load_row_block(row_ptr, cols, cols < n, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
+        take = z >= hi
+        candidate = (z >= lo) & (z < hi)
+        ones = candidate.to(tl.int32)
+        # A lane's candidates go to consecutive depth slots; past DEPTH they wrap around (the row then falls back,
+        # so what they overwrite is never read).
+        slot = (lane_count[:, None] + tl.cumsum(ones, 1) - ones) & (DEPTH - 1)
+        tl.store(buffer_ptr + slot * LANES + lanes[:, None], z, mask=candidate)
+        lane_count += tl.sum(ones, 1)
+        shifted = tl.where(take, (z - row_max) * LOG2E, 0.0)
+        weight = tl.where(take, tl.math.exp2(shifted), 0.0)
+        lane_total += tl.sum(weight, 1)
+        lane_weighted += tl.sum(weight * shifted, 1)
+    # Compact the buffer in place, one depth row at a time, into its first slots: slot (d, r) moves to the number of
+    # filled slots before it in row-major order, which is at most d * LANES + r, so no unread slot is overwritten.
+    used = tl.max(lane_count, 0)
+    fits = used <= DEPTH
+    used = tl.where(fits, used, 0)  # nothing is read back when a lane overflowed
     tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
-    slots = tl.arange(0, DEPTH * BLOCK)
-    lane_filled = lane_count * fits.to(tl.int32)  # nothing is read back when a lane overflowed
-    filled = (slots // BLOCK) < tl.reshape(tl.broadcast_to(lane_filled[None, :], (DEPTH, BLOCK)), (DEPTH * BLOCK,))
+    dense = used * 0
+    for d in tl.static_range(DEPTH):
+        if d < used:
+            filled = d < lane_count
+            value = tl.load(buffer_ptr + d * LANES + lanes, mask=filled, cache_modifier=".cg")
+            ones = filled.to(tl.int32)
+            tl.debug_barrier()  # every thread read row d before any overwrites it
+            tl.store(buffer_ptr + dense + tl.cumsum(ones, 0) - ones, value, mask=filled)
+            dense += tl.sum(ones, 0)
+    tl.debug_barrier()
+    slots = tl.arange(0, CANDIDATES)
+    filled = slots < dense
     cz = tl.load(buffer_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")
-    ckey = _sorted_key(cz, 32)
-    digit, rank = _select_digit(tl.histogram((ckey >> 8) & 255, 256, mask=filled), rank)
-    target = target | (digit << 8)
-    same = filled & (((ckey >> 8) & 255) == digit)
-    digit, rank = _select_digit(tl.histogram(ckey & 255, 256, mask=same), rank)
-    target = target | digit
-    kept = filled & (ckey >= target) & (cz > neg_inf)
-    shifted = tl.where(kept, cz - row_max, 0.0)
-    weight = tl.where(kept, tl.exp(shifted), 0.0)
+    # Keys relative to lo's, as unsigned: every candidate's lies in [0, span) with span = key(hi) - key(lo).
+    key_lo = _sorted_key(lo, 32).to(tl.uint32, bitcast=True)
+    span = _sorted_key(hi, 32).to(tl.uint32, bitcast=True) - key_lo
+    offset = _sorted_key(cz, 32).to(tl.uint32, bitcast=True) - key_lo
+    bits = tl.arange(0, 32).to(tl.uint32)
+    num_bits = tl.sum(((span >> bits) != 0).to(tl.int32), 0)
+    # Largest v with (candidates below v) <= rank: the offset of the candidate of that rank.
+    found = span * 0
+    for i in range(num_bits):
+        trial = found + (span * 0 + 1 << (num_bits - 1 - i).to(tl.uint32))
+        found = tl.where(_count_below(offset, filled, trial) <= rank, trial, found)
+    kept = filled & (offset >= found) & (cz > float("-inf"))
+    shifted = tl.where(kept, (cz - row_max) * LOG2E, 0.0)
+    weight = tl.where(kept, tl.math.exp2(shifted), 0.0)
     total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
-    weighted = tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)
-    return total, weighted, _key_to_float(target, 32, False), fits
+    weighted = (tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)) / LOG2E
+    threshold = _key_to_float((key_lo + found).to(tl.int32, bitcast=True), 32, False)
+    return total, weighted, threshold, fits
 
 
 @triton.jit
@@ -213,12 +328,17 @@ def _clamped_entropy_forward_kernel(
     threshold_ptr,
     shift_ptr,
     log_total_ptr,
+    passes_ptr,
     KEY_BITS: tl.constexpr,
     IS_BF16: tl.constexpr,
     SELECT: tl.constexpr,
     COL_CONTIGUOUS: tl.constexpr,
     HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
+    SAMPLE_GROUP: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    PIVOTS: tl.constexpr,
     CANDIDATES: tl.constexpr,
     CANDIDATE_DEPTH: tl.constexpr,
 ):
@@ -230,25 +350,123 @@ def _clamped_entropy_forward_kernel(
     n = vocab
     if HAS_ROW_MASK:
         n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
+    LANES: tl.constexpr = BLOCK // LANE_WIDTH
 
-    # Pass 1: row max, NaN/+inf flag and (with selection) the histogram of the key's top digit, read as unsigned.
-    # Without selection (k = 0) it is the only pass: the softmax sums are kept per lane with an online max.
-    lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
-    lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
-    lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max)
-    lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # k = 0: sum of exp(z - lane_max) (z - lane_max)
-    hist = tl.zeros([256], dtype=tl.int32)
-    for start in range(0, n, BLOCK):
-        cols = start + offsets
-        in_bounds = cols < n
-        x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-        z = x.to(tl.float32)
-        lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
-        new_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
-        if SELECT:
-            key = _sorted_key(x, KEY_BITS)
-            hist += tl.histogram(((key >> (KEY_BITS - 8)) & 255) ^ 128, 256, mask=in_bounds)
-        else:
+    total = tl.zeros([BLOCK], dtype=tl.float32).sum(0)
+    weighted = total
+    threshold = total
+    rank = num_removed
+    target = 0
+    done = num_removed < 0  # a False scalar: set once the select finished on the candidate buffer
+    passes = tl.where(n > 0, 1, 0)  # full passes over the row, reported for tests and benchmarks
+    if SELECT:
+        pivots = _sample_pivots(
+            row_ptr, n, stride_col, num_removed, COL_CONTIGUOUS, SAMPLE // SAMPLE_GROUP, SAMPLE_GROUP, PIVOTS
+        )
+        # Pass 1: row max, NaN/+inf flag and, per pivot, the number of elements below it. The block is read as
+        # LANES x LANE_WIDTH (one vector load per lane, whose LANE_WIDTH elements one thread holds, so the sums
+        # over them need no communication); out-of-row elements read as -inf and are taken off after the loop.
+        tl.static_assert((PIVOTS >= 3) & (PIVOTS <= 8), "pass 1 keeps one counter per pivot, written out for 8")
+        lanes = tl.arange(0, LANES)
+        tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+        index = tl.arange(0, 8)
+        p0 = tl.max(tl.where(index == 0, pivots, neg_inf), 0)
+        p1 = tl.max(tl.where(index == 1, pivots, neg_inf), 0)
+        p2 = tl.max(tl.where(index == 2, pivots, neg_inf), 0)
+        p3 = tl.max(tl.where(index == 3, pivots, neg_inf), 0)
+        p4 = tl.max(tl.where(index == 4, pivots, neg_inf), 0)
+        p5 = tl.max(tl.where(index == 5, pivots, neg_inf), 0)
+        p6 = tl.max(tl.where(index == 6, pivots, neg_inf), 0)
+        p7 = tl.max(tl.where(index == 7, pivots, neg_inf), 0)
+        lane_max = tl.full([LANES], neg_inf, dtype=tl.float32)
+        # Per lane and pivot, float32 counts: exact, a lane sees far fewer than 2^24 elements.
+        c0 = tl.zeros([LANES], dtype=tl.float32)
+        c1 = c0
+        c2 = c0
+        c3 = c0
+        c4 = c0
+        c5 = c0
+        c6 = c0
+        c7 = c0
+        for start in range(0, n, BLOCK):
+            cols = start + tile
+            z = _load_row_block(row_ptr, cols, cols < n, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+            lane_max = tl.maximum(lane_max, _max_with_nan(z), propagate_nan=tl.PropagateNan.ALL)
+            c0 += tl.sum(tl.where(z < p0, 1.0, 0.0), 1)
+            c1 += tl.sum(tl.where(z < p1, 1.0, 0.0), 1)
+            c2 += tl.sum(tl.where(z < p2, 1.0, 0.0), 1)
+            if PIVOTS > 3:
+                c3 += tl.sum(tl.where(z < p3, 1.0, 0.0), 1)
+            if PIVOTS > 4:
+                c4 += tl.sum(tl.where(z < p4, 1.0, 0.0), 1)
+            if PIVOTS > 5:
+                c5 += tl.sum(tl.where(z < p5, 1.0, 0.0), 1)
+            if PIVOTS > 6:
+                c6 += tl.sum(tl.where(z < p6, 1.0, 0.0), 1)
+            if PIVOTS > 7:
+                c7 += tl.sum(tl.where(z < p7, 1.0, 0.0), 1)
+        row_max = tl.reduce(lane_max, 0, _nan_max)  # (one use of the loop result: Triton 3.7.1 needs that)
+        invalid = (row_max != row_max) | (row_max == float("inf"))
+        below = tl.where(index == 0, tl.sum(c0, 0), 0.0) + tl.where(index == 1, tl.sum(c1, 0), 0.0)
+        below += tl.where(index == 2, tl.sum(c2, 0), 0.0) + tl.where(index == 3, tl.sum(c3, 0), 0.0)
+        below += tl.where(index == 4, tl.sum(c4, 0), 0.0) + tl.where(index == 5, tl.sum(c5, 0), 0.0)
+        below += tl.where(index == 6, tl.sum(c6, 0), 0.0) + tl.where(index == 7, tl.sum(c7, 0), 0.0)
+        padding = tl.cdiv(n, BLOCK) * BLOCK - n
+        below = below.to(tl.int32) - tl.where(pivots > neg_inf, padding, 0)
+        below = tl.where(index < PIVOTS, below, n + 1)  # unused slots: above every rank
+        n = tl.where(invalid, 0, n)  # NaN/+inf: the entropy is NaN whatever the other passes find
+
+        # The threshold (the element of 0-based rank k) lies in [pivot j, pivot j + 1) for the last j with
+        # below[j] <= k, unless the sample missed it (k outside [below[0], below[-1])).
+        j = tl.sum((below <= num_removed).to(tl.int32), 0) - 1
+        lo = tl.max(tl.where(index == j, pivots, neg_inf), 0)
+        hi = tl.max(tl.where(index == j + 1, pivots, neg_inf), 0)
+        below_lo = tl.sum(tl.where(index == j, below, 0), 0)
+        inside = tl.sum(tl.where(index == j + 1, below, 0), 0) - below_lo
+        if (j >= 0) & (j < PIVOTS - 1) & (inside <= CANDIDATES):
+            passes += tl.where(n > 0, 1, 0)
+            total, weighted, threshold, done = _softmax_and_candidates(
+                row_ptr,
+                n,
+                stride_col,
+                candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * LANES),
+                lo,
+                hi,
+                num_removed - below_lo,
+                row_max,
+                COL_CONTIGUOUS,
+                LANES,
+                LANE_WIDTH,
+                CANDIDATE_DEPTH,
+                CANDIDATES,
+            )
+        # Fallback (the sample missed, heavy ties put too many elements in the interval, or one lane overflowed):
+        # exact radix select, 8 bits per pass, each a 256-bin histogram of the next digit among the elements whose
+        # higher digits match; then the last pass below.
+        if not done:
+            passes += tl.where(n > 0, KEY_BITS // 8, 0)  # the digit passes and the last pass
+            hist = _digit_histogram(row_ptr, n, stride_col, 0, KEY_BITS - 8, KEY_BITS, True, COL_CONTIGUOUS, BLOCK)
+            digit, rank = _select_digit(hist, rank)
+            target = (digit - 128) << (KEY_BITS - 8)
+            if KEY_BITS == 32:
+                for shift in tl.static_range(16, 7, -8):
+                    hist = _digit_histogram(
+                        row_ptr, n, stride_col, target, shift, KEY_BITS, False, COL_CONTIGUOUS, BLOCK
+                    )
+                    digit, rank = _select_digit(hist, rank)
+                    target = target | (digit << shift)
+    else:
+        # k = 0: one pass, the softmax sums kept per lane with an online max.
+        lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
+        lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
+        lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max)
+        lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max) (z - lane_max)
+        for start in range(0, n, BLOCK):
+            cols = start + offsets
+            in_bounds = cols < n
+            z = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
+            lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
+            new_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
             take = in_bounds & (z > neg_inf)
             rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
             shifted = tl.where(take, z - new_max, 0.0)
@@ -256,61 +474,20 @@ def _clamped_entropy_forward_kernel(
             moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
             lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
             lane_total = rescale * lane_total + weight
-        lane_max = new_max
-    # The maximum is always kept (it is >= the threshold), so it is the softmax shift of the kept set.
-    row_max = tl.max(lane_max, 0)
-    invalid = tl.max(lane_invalid, 0) > 0
-    n = tl.where(invalid, 0, n)  # NaN/+inf: the entropy is NaN whatever the other passes find
-
-    # Radix select: `target` collects the threshold's key digit by digit (lower digits still 0), `rank` is the
-    # 0-based rank of the threshold among the elements that share the digits found so far.
-    rank = num_removed
-    target = 0
-    done = num_removed < 0  # a False scalar: set once the float32 select finished on the candidate buffer
-    total = tl.zeros([BLOCK], dtype=tl.float32).sum(0)
-    weighted = total
-    threshold = total
-    if SELECT:
-        digit, rank = _select_digit(hist, rank)
-        target = (digit - 128) << (KEY_BITS - 8)
-        if KEY_BITS == 32:
-            hist = _digit_histogram(row_ptr, n, stride_col, target, 16, KEY_BITS, COL_CONTIGUOUS, BLOCK)
-            digit, rank = _select_digit(hist, rank)
-            target = target | (digit << 16)
-            # The elements that share the threshold's top 16 bits are usually ~0.1-0.3% of a row. When they are
-            # few, the next pass copies them to a per-row buffer (each lane of the block to its own column of
-            # CANDIDATE_DEPTH slots: no communication between threads) and the select finishes there. Otherwise
-            # (heavy ties, quantised logits, or one lane with too many), one more digit pass over the row, then the
-            # last pass as for 16-bit keys.
-            if tl.sum(tl.where(bins == digit, hist, 0), 0) <= CANDIDATES:
-                total, weighted, threshold, done = _softmax_and_candidates(
-                    row_ptr,
-                    n,
-                    stride_col,
-                    candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * BLOCK),
-                    target,
-                    rank,
-                    row_max,
-                    COL_CONTIGUOUS,
-                    BLOCK,
-                    CANDIDATE_DEPTH,
-                )
-            if not done:
-                hist = _digit_histogram(row_ptr, n, stride_col, target, 8, KEY_BITS, COL_CONTIGUOUS, BLOCK)
-                digit, rank = _select_digit(hist, rank)
-                target = target | (digit << 8)
-
-    # Last pass (unless the candidate buffer finished the select): sums of exp(z - max) and exp(z - max) (z - max)
-    # over the elements certainly kept (above the threshold's 8-bit-wide bucket), one exponential each, and the
-    # histogram of the last digit inside the bucket, whose elements' values are known from their bin.
-    if not SELECT:
+            lane_max = new_max
+        row_max = tl.max(lane_max, 0)
+        invalid = tl.max(lane_invalid, 0) > 0
         lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
         total = tl.sum(lane_total * lane_scale, 0)
         weighted = tl.sum(
             tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
         )
         threshold = total * 0.0 + neg_inf
-    elif not done:
+
+    # Last pass of the fallback: sums of exp(z - max) and exp(z - max) (z - max) over the elements certainly kept
+    # (above the threshold's 8-bit-wide bucket), one exponential each, and the histogram of the last digit inside
+    # the bucket, whose elements' values are known from their bin.
+    if SELECT and not done:
         lane_total = tl.zeros([BLOCK], dtype=tl.float32)
         lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
         last_hist = tl.zeros([256], dtype=tl.int32)
@@ -350,6 +527,7 @@ def _clamped_entropy_forward_kernel(
     tl.store(threshold_ptr + row, threshold)
     tl.store(shift_ptr + row, tl.where(valid, row_max, 0.0))
     tl.store(log_total_ptr + row, log_total)
+    tl.store(passes_ptr + row, passes.to(tl.float32))
 
 
 @triton.jit
@@ -421,15 +599,15 @@ def _on_device_of(tensor: torch.Tensor):
 
 def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     rows, vocab = rows2d.shape
-    stats = torch.empty((4, rows), dtype=torch.float32, device=rows2d.device)
-    entropy, threshold, shift, log_total = stats.unbind(0)
+    stats = torch.empty((5, rows), dtype=torch.float32, device=rows2d.device)
+    entropy, threshold, shift, log_total, passes = stats.unbind(0)
     if rows > 0:
         key_bits = 32 if rows2d.dtype == torch.float32 else 16
-        # Per-row candidate buffer of the float32 select; unused otherwise.
-        if key_bits == 32 and k > 0:
-            candidates = torch.empty(
-                (rows, config.candidate_depth * config.forward_block), dtype=torch.float32, device=rows2d.device
-            )
+        lane_width = 16 // rows2d.element_size()  # one 16-byte vector load per lane
+        # Per-row candidate buffer of the select; unused when k = 0.
+        if k > 0:
+            lanes = config.forward_block // lane_width
+            candidates = torch.empty((rows, config.candidate_depth * lanes), dtype=torch.float32, device=rows2d.device)
         else:
             candidates = entropy
         with _on_device_of(rows2d):
@@ -445,17 +623,22 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
                 threshold,
                 shift,
                 log_total,
+                passes,
                 KEY_BITS=key_bits,
                 IS_BF16=rows2d.dtype == torch.bfloat16,
                 SELECT=k > 0,
                 COL_CONTIGUOUS=rows2d.stride(1) == 1,
                 HAS_ROW_MASK=row_mask is not None,
                 BLOCK=config.forward_block,
+                LANE_WIDTH=lane_width,
+                SAMPLE_GROUP=2 * lane_width,  # one 32-byte sector
+                SAMPLE=SAMPLE,
+                PIVOTS=PIVOTS[rows2d.element_size()],
                 CANDIDATES=config.candidates,
                 CANDIDATE_DEPTH=config.candidate_depth,
                 num_warps=config.forward_warps,
             )
-    return entropy, threshold, shift, log_total
+    return entropy, threshold, shift, log_total, passes
 
 
 class _Config(NamedTuple):
@@ -470,7 +653,7 @@ class _Config(NamedTuple):
 class _FusedClampedEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows2d: torch.Tensor, k: int, row_mask, config: _Config):
-        entropy, threshold, shift, log_total = _row_statistics(rows2d, k, row_mask, config)
+        entropy, threshold, shift, log_total, _ = _row_statistics(rows2d, k, row_mask, config)
         ctx.save_for_backward(rows2d, row_mask, entropy, threshold, shift, log_total)
         ctx.config = config
         return entropy
@@ -527,23 +710,55 @@ def clamped_entropy_rows(
         rows2d: float32, bfloat16 or float16 logits, shape ``(rows, V)``.
         k: number of removed tokens per row, ``floor(clamp_p * V)`` (:func:`aent.num_removed`), in ``[0, V)``.
         forward_block, backward_block: elements per block (powers of two, at least 256); defaults
-            :data:`FORWARD_BLOCK` and :data:`BACKWARD_BLOCK` (environment ``AENT_TRITON_FORWARD_BLOCK`` /
-            ``AENT_TRITON_BACKWARD_BLOCK``).
+            :data:`FORWARD_BLOCK` (else :data:`FORWARD_BLOCK_BYTES` of logits) and :data:`BACKWARD_BLOCK`
+            (environment ``AENT_TRITON_FORWARD_BLOCK`` / ``AENT_TRITON_BACKWARD_BLOCK``).
         forward_warps, backward_warps: warps per program (powers of two); defaults from
             ``AENT_TRITON_FORWARD_WARPS`` / ``AENT_TRITON_BACKWARD_WARPS``, else :data:`FORWARD_WARPS` /
             :data:`BACKWARD_WARPS`.
-        candidates: size of the float32 select's per-row candidate buffer (power of two >= 16); default
-            :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``). Rows whose threshold bucket holds more elements take
-            one more pass over the row instead.
+        candidates: most elements in the threshold's interval (between two pivots) that the select finishes on
+            the candidate buffer (power of two >= 16); default :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``).
+            Rows with more take the fallback passes instead of pass 2.
         candidate_depth: slots per lane of the candidate buffer (power of two); default :data:`CANDIDATE_DEPTH`
-            (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane of the block meets more candidates than that
-            takes the extra pass as well.
+            (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane (a 16-byte run of the block) meets more
+            candidates than that takes the fallback passes after pass 2.
         row_mask: optional bool tensor of shape ``(rows,)`` on the logits' device; rows where it is False are never
             read: their entropy is 0 and their gradient row is written as zeros.
     """
+    config = _checked_config(
+        rows2d, k, row_mask, forward_block, backward_block, forward_warps, backward_warps, candidates, candidate_depth
+    )
+    return _FusedClampedEntropy.apply(rows2d, int(k), row_mask, config)
+
+
+def forward_passes(rows2d: torch.Tensor, k: int, *, row_mask: torch.Tensor | None = None, **config) -> torch.Tensor:
+    """Full passes over each row that the forward kernel made (float32, shape ``(rows,)``), for tests and benchmarks:
+    2 for a row whose select finished on the candidate buffer (1 with ``k = 0``); 4 (float32) or 2 (16-bit) more after
+    a fallback, one fewer when the fallback was decided after pass 1; 0 for a row skipped by ``row_mask``. Takes the
+    keyword arguments of :func:`clamped_entropy_rows` that shape the forward."""
+    names = ("forward_block", "forward_warps", "candidates", "candidate_depth")
+    unknown = set(config) - set(names)
+    if unknown:
+        raise TypeError(f"forward_passes got unexpected keyword arguments {sorted(unknown)}; it takes {names}")
+    full = _checked_config(
+        rows2d,
+        k,
+        row_mask,
+        *(config.get(name) for name in names[:1]),
+        None,
+        config.get(names[1]),
+        None,
+        *(config.get(name) for name in names[2:]),
+    )
+    with torch.no_grad():
+        return _row_statistics(rows2d.detach(), int(k), row_mask, full)[4]
+
+
+def _checked_config(
+    rows2d, k, row_mask, forward_block, backward_block, forward_warps, backward_warps, candidates, candidate_depth
+) -> _Config:
     _check_rows(rows2d, k)
     config = _Config(
-        forward_block or FORWARD_BLOCK,
+        forward_block or FORWARD_BLOCK or FORWARD_BLOCK_BYTES // rows2d.element_size(),
         forward_warps or FORWARD_WARPS,
         backward_block or BACKWARD_BLOCK,
         backward_warps or BACKWARD_WARPS,
@@ -560,7 +775,7 @@ def clamped_entropy_rows(
         )
     if row_mask is not None:
         _check_row_mask(row_mask, rows2d)
-    return _FusedClampedEntropy.apply(rows2d, int(k), row_mask, config)
+    return config
 
 
 def _check_row_mask(row_mask: torch.Tensor, rows2d: torch.Tensor) -> None:
