@@ -329,7 +329,7 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
                 names = [("max + digit 1", "max"), ("last digit + softmax", "exp")]
                 used = [name for name, _ in names]
         else:
-            args = (ptr, vocab, 1, vocab, k, f32, f32, f32, f32, f32, f32, f32)
+            args = (ptr, vocab, 1, vocab, k, f32, MockTensor(torch.int32), f32, f32, f32, f32, f32)
             lane_width = 16 // size
             constants = dict(
                 common,

@@ -257,7 +257,7 @@ def test_row_mask_all_false_and_errors(kernels):
 def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
     """Rows whose threshold interval does not fit the candidate buffer take the fallback passes: decided after pass 1
     when the interval holds more than ``candidates`` elements, after pass 2 when one lane of the block met more than
-    ``depth``. Small limits force both for the tie-heavy and dense rows and keep the buffer path for the others, in
+    ``depth`` runs holding candidates. Small limits force both for the tie-heavy and dense rows and keep the buffer path for the others, in
     one launch."""
     gen = torch.Generator().manual_seed(9)
     quantised = (torch.randint(-6, 6, (2, 1001), generator=gen).float() / 4).to(dtype)  # ~80 ties per value
@@ -283,7 +283,7 @@ def test_candidate_buffer_fallback(kernels, dtype, clamp_p, candidates, depth):
     with interpreter_mode():
         passes = kernels.forward_passes(logits, k, forward_block=BLOCK, candidates=candidates, candidate_depth=depth)
     # The quantised rows fall back: decided after pass 1 (too many ties in the interval: 1 + 4 passes) or after
-    # pass 2 (a lane met two candidates: 2 + 4); some spread rows finish on the buffer in both cases.
+    # pass 2 (a lane met two runs holding candidates: 2 + 4); some spread rows finish on the buffer in both cases.
     assert (passes[:2] == (5 if candidates == 16 else 6)).all()
     assert (passes == 2).any()
 

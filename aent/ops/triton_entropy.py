@@ -14,12 +14,14 @@ Forward (one program per row)
       and, per pivot, the number of elements below it. The threshold then lies in ``[pivot j, pivot j + 1)`` for the
       last ``j`` with ``below[j] <= k``, which holds ~0.9% of a typical row.
     * Pass 2 sums ``exp(z - max)`` and ``exp(z - max) (z - max)`` over the elements ``>= pivot j + 1`` (all kept, one
-      exponential each) and copies the interval's elements to a per-row buffer, each 16-byte lane of the block to its
-      own slots (no communication between threads). The copy is compacted, the threshold found on it by bisection of
-      the keys (one block-wide count per bit), and its kept elements added. Two passes over the row in every dtype.
+      exponential each) and lists the 16-byte runs of the row that hold an element of the interval: each lane of the
+      block writes the first column of such a run to its own slots (one store per run, no communication between
+      threads). The listed runs are gathered again and their interval elements packed, the threshold is found on
+      them by bisection of the keys (one block-wide count per bit), and the kept ones added. Two passes over the row
+      in every dtype.
     * Fallback, decided per row and exact either way: when the sample missed (``k`` outside the pivots' counts),
       the interval holds more than ``CANDIDATES`` elements (heavy ties, quantised logits) or one lane met more than
-      ``CANDIDATE_DEPTH``, a radix select with 8-bit digits (a 256-bin ``tl.histogram`` of the next digit among the
+      ``CANDIDATE_DEPTH`` runs holding one, a radix select with 8-bit digits (a 256-bin ``tl.histogram`` of the next digit among the
       elements whose higher digits match, one pass per digit), then a last pass that sums the softmax terms above
       the threshold's 8-bit-wide bucket and histograms the last digit inside it (those elements' values are known
       from their bin). Three or four passes more for float32, one or two for 16-bit keys.
@@ -76,10 +78,10 @@ FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
 BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
 BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
 # The select: PIVOTS values from a sample of SAMPLE elements split the row in pass 1; the interval that holds the
-# threshold is finished on a per-row candidate buffer in pass 2 when it holds at most CANDIDATES elements and no lane
-# (a 16-byte run of the block) meets more than CANDIDATE_DEPTH of them. The buffer is CANDIDATE_DEPTH x lanes float32
-# slots per row (32 KB at the defaults in every dtype; 5% of the float32 logits at V = 151,936, 11% of bfloat16),
-# freed before the backward allocates the gradient.
+# threshold is finished in pass 2 on a per-row buffer when it holds at most CANDIDATES elements and no lane of the
+# block (a 16-byte run per iteration) meets more than CANDIDATE_DEPTH runs with one. The buffer is CANDIDATE_DEPTH x
+# lanes int32 slots (the runs) plus CANDIDATES float32 slots (the candidates) per row: 48 KB at the defaults in every
+# dtype (8% of the float32 logits at V = 151,936, 16% of bfloat16), freed before the backward allocates the gradient.
 SAMPLE = 2048
 PIVOTS = {4: 8, 2: 6}  # by element size: fewer in 16-bit types, whose pass 1 has half the time per element
 CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "4096"))
@@ -249,11 +251,13 @@ def _softmax_and_candidates(
     DEPTH: tl.constexpr,
     CANDIDATES: tl.constexpr,
 ):
-    """Pass 2: softmax sums over the elements ``>= hi`` (all kept), and the elements in ``[lo, hi)`` copied to
-    ``buffer_ptr``: the block is read as ``LANES`` runs of ``LANE_WIDTH`` contiguous elements (one vector load each),
-    and lane ``r`` writes its ``i``-th candidate to slot ``i * LANES + r`` (no communication between threads). Then
-    the threshold, the candidate of 0-based ``rank``, is found by bisection on the candidates' keys, and the kept
-    candidates are added. Returns (sum of weights, sum of weight x shifted value, threshold, whether it all fit)."""
+    """Pass 2: softmax sums over the elements ``>= hi`` (all kept), and a list of the runs that hold elements of
+    ``[lo, hi)``: the block is read as ``LANES`` runs of ``LANE_WIDTH`` contiguous elements (one vector load each),
+    and lane ``r`` writes the first column of its ``i``-th such run to int32 slot ``i * LANES + r`` of ``buffer_ptr``
+    (no communication between threads). Then the listed runs are gathered, their interval elements (the candidates)
+    packed into the ``CANDIDATES`` float32 slots after the list, the threshold (the candidate of 0-based ``rank``)
+    found by bisection on their keys, and the kept candidates added. Returns (sum of weights, sum of weight x
+    shifted value, threshold, whether the list fit)."""
     lanes = tl.arange(0, LANES)
     tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
     lane_total = tl.zeros([LANES], dtype=tl.float32)
@@ -265,39 +269,56 @@ def _softmax_and_candidates(
         cols = start + tile
         z = _load_row_block(row_ptr, cols, cols < n, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
         take = z >= hi
-        candidate = (z >= lo) & (z < hi)
-        ones = candidate.to(tl.int32)
-        # A lane's candidates go to consecutive depth slots; past DEPTH they wrap around (the row then falls back,
-        # so what they overwrite is never read).
-        slot = (lane_count[:, None] + tl.cumsum(ones, 1) - ones) & (DEPTH - 1)
-        tl.store(buffer_ptr + slot * LANES + lanes[:, None], z, mask=candidate)
-        lane_count += tl.sum(ones, 1)
+        # A lane that meets a candidate lists its run's first column (one store per run, not per candidate) in its
+        # next depth slot; past DEPTH the slots wrap around (the row then falls back, so they are never read).
+        hit = tl.max(((z >= lo) & (z < hi)).to(tl.int32), 1)
+        tl.store(buffer_ptr + (lane_count & (DEPTH - 1)) * LANES + lanes, start + lanes * LANE_WIDTH, mask=hit > 0)
+        lane_count += hit
         shifted = tl.where(take, (z - row_max) * LOG2E, 0.0)
         weight = tl.where(take, tl.math.exp2(shifted), 0.0)
         lane_total += tl.sum(weight, 1)
         lane_weighted += tl.sum(weight * shifted, 1)
-    # Compact the buffer in place, one depth row at a time, into its first slots: slot (d, r) moves to the number of
-    # filled slots before it in row-major order, which is at most d * LANES + r, so no unread slot is overwritten.
+    # Compact the list in place, one depth row at a time: slot (d, r) moves to the number of listed runs before it
+    # in row-major order, at most d * LANES + r, so no unread slot is overwritten. Then gather the listed runs again,
+    # LANES at a time, and pack their candidates into the CANDIDATES slots after the list (each interval element lies
+    # in exactly one listed run, so there are at most CANDIDATES runs and exactly `inside` candidates).
     used = tl.max(lane_count, 0)
     fits = used <= DEPTH
     used = tl.where(fits, used, 0)  # nothing is read back when a lane overflowed
-    tl.debug_barrier()  # the buffer was written by every thread of the program; read it back after all did
-    dense = used * 0
+    tl.debug_barrier()  # the list was written by every thread of the program; read it back after all did
+    runs = used * 0
     for d in tl.static_range(DEPTH):
         if d < used:
-            filled = d < lane_count
-            value = tl.load(buffer_ptr + d * LANES + lanes, mask=filled, cache_modifier=".cg")
-            ones = filled.to(tl.int32)
+            listed = d < lane_count
+            first = tl.load(buffer_ptr + d * LANES + lanes, mask=listed, cache_modifier=".cg")
+            ones = listed.to(tl.int32)
             tl.debug_barrier()  # every thread read row d before any overwrites it
-            tl.store(buffer_ptr + dense + tl.cumsum(ones, 0) - ones, value, mask=filled)
-            dense += tl.sum(ones, 0)
+            tl.store(buffer_ptr + runs + tl.cumsum(ones, 0) - ones, first, mask=listed)
+            runs += tl.sum(ones, 0)
+    tl.debug_barrier()
+    candidates_ptr = (buffer_ptr + DEPTH * LANES).to(tl.pointer_type(tl.float32), bitcast=True)
+    dense = runs * 0
+    GATHER: tl.constexpr = 2048 // LANE_WIDTH  # runs gathered at once: 2048 elements
+    runs_at_once = tl.arange(0, GATHER)
+    for chunk in tl.static_range(0, CANDIDATES, GATHER):
+        if chunk < runs:
+            listed = chunk + runs_at_once < runs
+            first = tl.load(buffer_ptr + chunk + runs_at_once, mask=listed, other=0, cache_modifier=".cg")
+            cols = tl.multiple_of(first, LANE_WIDTH)[:, None] + tl.arange(0, LANE_WIDTH)[None, :]
+            z = _load_row_block(row_ptr, cols, listed[:, None] & (cols < n), stride_col, COL_CONTIGUOUS, float("nan"))
+            z = z.to(tl.float32)
+            ones = ((z >= lo) & (z < hi)).to(tl.int32)
+            per_lane = tl.sum(ones, 1)
+            position = dense + (tl.cumsum(per_lane, 0) - per_lane)[:, None] + tl.cumsum(ones, 1) - ones
+            tl.store(candidates_ptr + position, z, mask=ones > 0)
+            dense += tl.sum(per_lane, 0)
     tl.debug_barrier()
     slots = tl.arange(0, CANDIDATES)
     filled = slots < dense
-    cz = tl.load(buffer_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")
     # Keys relative to lo's, as unsigned: every candidate's lies in [0, span) with span = key(hi) - key(lo).
     key_lo = _sorted_key(lo, 32).to(tl.uint32, bitcast=True)
     span = _sorted_key(hi, 32).to(tl.uint32, bitcast=True) - key_lo
+    cz = tl.load(candidates_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")
     offset = _sorted_key(cz, 32).to(tl.uint32, bitcast=True) - key_lo
     bits = tl.arange(0, 32).to(tl.uint32)
     num_bits = tl.sum(((span >> bits) != 0).to(tl.int32), 0)
@@ -306,6 +327,7 @@ def _softmax_and_candidates(
     for i in range(num_bits):
         trial = found + (span * 0 + 1 << (num_bits - 1 - i).to(tl.uint32))
         found = tl.where(_count_below(offset, filled, trial) <= rank, trial, found)
+    cz = tl.load(candidates_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")  # again: fewer live registers
     kept = filled & (offset >= found) & (cz > float("-inf"))
     shifted = tl.where(kept, (cz - row_max) * LOG2E, 0.0)
     weight = tl.where(kept, tl.math.exp2(shifted), 0.0)
@@ -429,7 +451,7 @@ def _clamped_entropy_forward_kernel(
                 row_ptr,
                 n,
                 stride_col,
-                candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * LANES),
+                candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * LANES + CANDIDATES),
                 lo,
                 hi,
                 num_removed - below_lo,
@@ -607,7 +629,8 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
         # Per-row candidate buffer of the select; unused when k = 0.
         if k > 0:
             lanes = config.forward_block // lane_width
-            candidates = torch.empty((rows, config.candidate_depth * lanes), dtype=torch.float32, device=rows2d.device)
+            slots = config.candidate_depth * lanes + config.candidates  # the runs' list, then the candidates
+            candidates = torch.empty((rows, slots), dtype=torch.int32, device=rows2d.device)
         else:
             candidates = entropy
         with _on_device_of(rows2d):
@@ -718,9 +741,9 @@ def clamped_entropy_rows(
         candidates: most elements in the threshold's interval (between two pivots) that the select finishes on
             the candidate buffer (power of two >= 16); default :data:`CANDIDATES` (``AENT_TRITON_CANDIDATES``).
             Rows with more take the fallback passes instead of pass 2.
-        candidate_depth: slots per lane of the candidate buffer (power of two); default :data:`CANDIDATE_DEPTH`
-            (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane (a 16-byte run of the block) meets more
-            candidates than that takes the fallback passes after pass 2.
+        candidate_depth: slots per lane of the list of runs that hold candidates (power of two); default
+            :data:`CANDIDATE_DEPTH` (``AENT_TRITON_CANDIDATE_DEPTH``). A row where one lane of the block (a 16-byte
+            run per iteration) meets more such runs than that takes the fallback passes after pass 2.
         row_mask: optional bool tensor of shape ``(rows,)`` on the logits' device; rows where it is False are never
             read: their entropy is 0 and their gradient row is written as zeros.
     """
