@@ -65,7 +65,7 @@ EOF
     fi
 
     # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows), including the
-    #    select's fallback pass forced on every row and row skipping (row_mask); then the registers and spills the
+    #    select's fallback passes forced on every row and row skipping (row_mask); then the registers and spills the
     #    driver reports for the compiled kernels, against the compiled-code figures of scripts/kernel_cost.py.
     stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask)" 90 "$PY" scripts/bench_entropy.py --verify
     stage "kernel registers on the device" 30 "$PY" scripts/kernel_cost.py --on-device

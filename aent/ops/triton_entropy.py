@@ -280,8 +280,8 @@ def _softmax_and_candidates(
         lane_weighted += tl.sum(weight * shifted, 1)
     # Compact the list in place, one depth row at a time: slot (d, r) moves to the number of listed runs before it
     # in row-major order, at most d * LANES + r, so no unread slot is overwritten. Then gather the listed runs again,
-    # LANES at a time, and pack their candidates into the CANDIDATES slots after the list (each interval element lies
-    # in exactly one listed run, so there are at most CANDIDATES runs and exactly `inside` candidates).
+    # 2048 elements at a time, and pack their candidates into the CANDIDATES slots after the list (each interval
+    # element lies in exactly one listed run, so there are at most CANDIDATES runs and exactly `inside` candidates).
     used = tl.max(lane_count, 0)
     fits = used <= DEPTH
     used = tl.where(fits, used, 0)  # nothing is read back when a lane overflowed
