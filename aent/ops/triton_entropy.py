@@ -762,16 +762,18 @@ def forward_passes(rows2d: torch.Tensor, k: int, *, row_mask: torch.Tensor | Non
     unknown = set(config) - set(names)
     if unknown:
         raise TypeError(f"forward_passes got unexpected keyword arguments {sorted(unknown)}; it takes {names}")
+    get = config.get
     full = _checked_config(
         rows2d,
         k,
         row_mask,
-        *(config.get(name) for name in names[:1]),
+        get("forward_block"),
         None,
-        config.get(names[1]),
+        get("forward_warps"),
         None,
-        *(config.get(name) for name in names[2:]),
-    )
+        get("candidates"),
+        get("candidate_depth"),
+    )  # the backward's block and warps stay at their defaults: no backward runs here
     with torch.no_grad():
         return _row_statistics(rows2d.detach(), int(k), row_mask, full)[4]
 
