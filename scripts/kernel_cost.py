@@ -3,7 +3,8 @@
 
 Each kernel variant is compiled ahead of time for sm_90 and sm_80 (``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32))``) with the argument specialisation the launcher gives it at V = 151,936
-(16-byte aligned pointers, unit column stride, row stride and V divisible by 16), and read back with the
+(16-byte aligned pointers, unit column stride, row stride and V divisible by 16; ``--vocab`` another V, which is
+also the row stride), and read back with the
 ``cuobjdump`` and ``nvdisasm`` bundled in the Triton wheel:
 
 * resources: registers per thread, local-memory spills (STACK/LOCAL), shared memory, and from them the programs
@@ -109,6 +110,7 @@ FIELDS = [
     "kernel",
     "variant",
     "dtype",
+    "vocab",
     "block",
     "warps",
     "registers",
@@ -196,13 +198,18 @@ def parse_sass(text: str):
 
 
 def find_loops(instructions, labels):
-    """Outermost loops (backward branches), in address order: [(start, end)]."""
+    """Outermost loops (backward branches), in address order: [(start, end)]. A backward branch over the kernel's
+    last EXIT is no loop: it returns from out-of-line code placed after the end of the kernel (e.g. the slow path
+    of a warp shuffle under divergence, WARPSYNC.COLLECTIVE) to where that code was branched to."""
     loops = []
+    last_exit = max((address for address, opcode, _ in instructions if opcode == "EXIT"), default=None)
     for address, opcode, operands in instructions:
         if opcode.startswith("BRA"):
             target = re.search(r"\(?(\.L_x_\d+)\)?", operands)
             if target and labels.get(target.group(1), address + 1) < address:
-                loops.append((labels[target.group(1)], address))
+                start = labels[target.group(1)]
+                if last_exit is None or not start <= last_exit < address:
+                    loops.append((start, address))
     outer = [loop for loop in loops if not any(o[0] <= loop[0] and loop[1] <= o[1] and o != loop for o in loops)]
     return sorted(set(outer))
 
@@ -367,6 +374,8 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
         if generation != "v1":
             bwd_args = (ptr, vocab, 1, ptr, vocab, vocab, f32, 1, f32, f32, f32, f32, f32)
             bwd_constants["HAS_ROW_MASK"] = False
+        if generation == "v3":
+            bwd_constants["LANE_WIDTH"] = 16 // size
         out.append(
             dict(
                 kernel="backward",
@@ -410,7 +419,9 @@ def estimate_pass(counts: Dict[str, int], warps: int, block: int, bytes_per_elem
     return per, alu, mem, latency_factor
 
 
-def worker(generation: str, source: Path, arch: int, block: Optional[int], warps: int) -> List[Dict[str, object]]:
+def worker(
+    generation: str, source: Path, arch: int, block: Optional[int], warps: int, vocab: int = VOCAB
+) -> List[Dict[str, object]]:
     import triton
 
     os.environ.pop("TRITON_INTERPRET", None)
@@ -418,7 +429,7 @@ def worker(generation: str, source: Path, arch: int, block: Optional[int], warps
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     module = load_module(source, f"aent_kernel_cost_{generation}")
     rows = []
-    for v in variants(module, generation, VOCAB, block, warps):
+    for v in variants(module, generation, vocab, block, warps):
         name = "_clamped_entropy_forward_kernel" if v["kernel"] == "forward" else "_clamped_entropy_backward_kernel"
         base = dict(
             triton=triton.__version__,
@@ -426,6 +437,7 @@ def worker(generation: str, source: Path, arch: int, block: Optional[int], warps
             kernel=v["kernel"],
             variant=generation,
             dtype=v["dtype"],
+            vocab=vocab,
             block=v["block"],
             warps=v["warps"],
         )
@@ -460,7 +472,7 @@ def worker(generation: str, source: Path, arch: int, block: Optional[int], warps
             counts = count_classes(instructions, start, end)
             per, alu, mem, latency = estimate_pass(counts, v["warps"], v["block"], v["bytes_per_elem"], programs)
             used = pass_name in v["used"]
-            ms = max(alu, mem) * TOKENS * VOCAB / NUM_SMS / CLOCK_HZ * 1e3
+            ms = max(alu, mem) * TOKENS * vocab / NUM_SMS / CLOCK_HZ * 1e3
             if used:
                 total_ms += ms
             rows.append(
@@ -617,6 +629,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         help=f"kernels to compile: v1 (git {BASELINE_REV}), v2 (git {V2_REV}), v3 (the working tree); default all",
     )
     parser.add_argument("--configs", nargs="+", help="forward BLOCKxWARPS of the current kernel (default: its own)")
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=VOCAB,
+        help=f"V, also the row stride (default {VOCAB:,}); one not divisible by 16 shows how such rows are read",
+    )
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "kernel_cost.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only")
     parser.add_argument(
@@ -629,7 +647,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         job = json.loads(args.worker)
-        rows = worker(job["generation"], Path(job["source"]), job["arch"], job["block"], job["warps"])
+        rows = worker(job["generation"], Path(job["source"]), job["arch"], job["block"], job["warps"], job["vocab"])
         print(json.dumps(rows))
         return 0
     if args.on_device:
@@ -654,10 +672,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         for triton_path in args.triton_path or ["default"]:
             for arch in args.arch:
                 for job in jobs:
-                    rows += [dict(env, **row) for row in run_worker(triton_path, dict(job, arch=arch))]
+                    spec = dict(job, arch=arch, vocab=args.vocab)
+                    rows += [dict(env, **row) for row in run_worker(triton_path, spec)]
     print(
         f"# estimates from compiled code, not GPU times: H100 SXM {HBM_BYTES_PER_S / 1e12:.2f} TB/s, {NUM_SMS} SMs, "
-        f"{CLOCK_HZ / 1e9:.3f} GHz ({BYTES_PER_SM_CYCLE:.2f} B per SM-cycle), T = {TOKENS}, V = {VOCAB}, p = {CLAMP_P}"
+        f"{CLOCK_HZ / 1e9:.3f} GHz ({BYTES_PER_SM_CYCLE:.2f} B per SM-cycle), T = {TOKENS}, V = {args.vocab}, p = {CLAMP_P}"
     )
     print_table(rows, TABLE)
     if not args.no_csv:

@@ -69,8 +69,8 @@ def kernels():
 
 
 def _fused(kernels, logits: torch.Tensor, clamp_p: float, grad_out: torch.Tensor):
-    """Entropy and gradient from the interpreted kernels."""
-    x = logits.detach().clone().requires_grad_()
+    """Entropy and gradient from the interpreted kernels, on the logits as laid out (strides, offset)."""
+    x = logits.detach().requires_grad_()
     with interpreter_mode():
         ent = kernels.clamped_entropy_rows(
             x, aent.num_removed(x.shape[-1], clamp_p), forward_block=BLOCK, backward_block=BLOCK
@@ -190,6 +190,25 @@ def test_non_contiguous_inputs(kernels):
     _assert_matches(kernels, torch.randn(777, 3, generator=gen).to(torch.bfloat16).t(), 0.33)  # transposed
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rows_at_every_offset_from_a_16_byte_boundary(kernels, dtype):
+    """Rows that start anywhere inside a 16-byte run, lengths that are no multiple of one, row strides that are no
+    multiple of one: each pass reads the edge runs and the body between them, and must cover each row exactly once.
+    The gradient's rows lie at the logits' offsets (the compiled backward vectorises its stores on that)."""
+    lane = 16 // dtype.itemsize
+    gen = torch.Generator().manual_seed(11)
+    storage = (torch.randn(4 * (2 * BLOCK + 16), generator=gen) * 3).to(dtype)
+    for vocab, stride in ((3, 3), (lane + 1, lane + 1), (BLOCK - 1, BLOCK + 2), (2 * BLOCK + 5, 2 * BLOCK + 5)):
+        for offset in sorted({0, 1, lane // 2 + 1, lane - 1}):
+            logits = storage[offset : offset + 3 * stride].view(3, stride)[:, :vocab]
+            for clamp_p in (0.0, 0.33) if vocab == lane + 1 else (0.33,):
+                _assert_matches(kernels, logits, clamp_p, seed=offset)
+            grad = kernels._empty_gradient(logits)
+            assert (grad.data_ptr() - logits.data_ptr()) % 16 == 0
+            assert (grad.stride(0) - logits.stride(0)) % lane == 0 and grad.shape == logits.shape
+            assert vocab <= grad.stride(0) < vocab + lane
+
+
 def test_no_rows(kernels):
     for dtype in DTYPES:
         x = torch.randn(0, 50).to(dtype).requires_grad_()
@@ -234,9 +253,11 @@ def test_row_mask_skips_rows_without_reading_them(kernels, dtype, clamp_p):
     torch.testing.assert_close(ent[row_mask].double(), ref_ent, rtol=2e-5, atol=2e-5)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(x.grad[row_mask].double(), ref_grad, rtol=rtol, atol=atol)
-    # The same rows without a mask give the same results, bit for bit.
-    unmasked, unmasked_grad = _fused(kernels, logits[row_mask], clamp_p, grad_out[row_mask])
-    assert torch.equal(ent[row_mask], unmasked) and torch.equal(x.grad[row_mask], unmasked_grad)
+    # The same rows without a mask give the same results, bit for bit. (They stay where they are: a row's sums are
+    # split at its 16-byte boundaries, so a row moved to another offset may differ in the last bit.)
+    filled = logits.masked_fill(~row_mask[:, None], 0.0)
+    unmasked, unmasked_grad = _fused(kernels, filled, clamp_p, grad_out)
+    assert torch.equal(ent[row_mask], unmasked[row_mask]) and torch.equal(x.grad[row_mask], unmasked_grad[row_mask])
 
 
 def test_row_mask_all_false_and_errors(kernels):
@@ -293,12 +314,14 @@ def test_select_paths(kernels, dtype):
     """Which path each row takes, and that both give the exact result: an ordinary row finishes on the candidate
     buffer in two passes; a row whose sampled positions are unrepresentative (the sample misses the threshold) and a
     constant row (every element in one interval) take the fallback."""
-    vocab = 4096 + 3  # the sample reads 256 runs (float32) of 8 elements every 16: positions i % 16 < 8
+    # Rows start at 16-byte boundaries (V x element size is a multiple of 16), so the sample's positions are those
+    # of _sample_pivots: from the first run past the row's start, runs of 32 bytes every 64 (body // groups).
+    vocab = 4096 + 8
+    lane = 16 // dtype.itemsize
     gen = torch.Generator().manual_seed(11)
     ordinary = torch.randn(vocab, generator=gen) * 3
     skewed = torch.randn(vocab, generator=gen)
-    columns = torch.arange(vocab)
-    sampled = (columns % 16 < 8) if dtype == torch.float32 else (columns % 32 < 16)
+    sampled = (torch.arange(vocab) - lane) % (4 * lane) < 2 * lane
     skewed[sampled] += 50.0  # the sample sees only these; the threshold lies among the others
     constant = torch.full((vocab,), 0.5)
     logits = torch.stack([ordinary, skewed, constant]).to(dtype)
@@ -330,6 +353,32 @@ def test_argument_errors(kernels):
         kernels.clamped_entropy_rows(torch.randn(2, 8), 8)
     with pytest.raises(ValueError, match="power of two"):
         kernels.clamped_entropy_rows(torch.randn(2, 8), 2, forward_block=300)
+
+
+def test_rows_of_any_length_compile_to_vector_loads():
+    """Compiled for sm_90 (no GPU needed: Triton's NVIDIA backend and its bundled ptxas), the kernels at V = 151,937,
+    whose rows start anywhere in a 16-byte run, compile to the same code as at V = 151,936: per pass over the row the
+    same instructions per element, with 128-bit loads, and the same registers. (The cost model's own compile step,
+    scripts/kernel_cost.py, in a process without TRITON_INTERPRET, with the launcher's specialisation.)"""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("Triton is not installed")
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location("aent_kernel_cost", scripts / "kernel_cost.py")
+    kernel_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_cost)
+    source = Path(aent.ops.__file__).with_name("triton_entropy.py")
+    job = dict(generation="v3", source=str(source), block=None, warps=8, arch=90)
+    try:
+        aligned, odd = (kernel_cost.run_worker("default", dict(job, vocab=v)) for v in (VOCAB_FULL, VOCAB_FULL + 1))
+    except SystemExit as error:  # the worker failed: no NVIDIA backend in this Triton build, or a compile error
+        if "compile" not in str(error) and "backend" in str(error).lower():
+            pytest.skip(f"Triton cannot compile for sm_90 here: {error}")
+        raise
+    assert not any("compile failed" in row.get("note", "") for row in aligned + odd)
+    same = ("kernel", "dtype", "registers", "spill_bytes", "pass", "loop_instructions", "load_width_bits")
+    assert [[row.get(key) for key in same] for row in odd] == [[row.get(key) for key in same] for row in aligned]
+    passes = [row for row in aligned if row["pass"] in ("max + counts", "softmax + candidates", "read + write")]
+    assert len(passes) == 6 and all(row["load_width_bits"] == 128 for row in passes)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,12 @@ Backward (a 2-D grid of row x column blocks)
 
 Rows where the optional ``row_mask`` is False are not read by either kernel: entropy 0, gradient row 0.
 
+Row layout: every pass reads a row's elements from its first 16-byte boundary on in whole 16-byte runs (one vector
+load each), and the elements before that boundary and after the last one as two masked edge runs (``_row_split``).
+So ``V``, the row stride and the tensor's offset need not be multiples of 16 bytes for the loads (and the backward's
+stores) to be vectorised. A row's sums are therefore split at its 16-byte boundaries: the same row at another offset
+in memory may give results that differ in the last bit.
+
 Key mapping: the float's bits ``b`` read as a signed integer, and ``b ^ 0x7FF..F`` for negative ``b`` (flip the
 magnitude bits), orders exactly like the floats, with ``-inf`` below every finite value. ``-0.0`` is mapped to
 ``+0.0`` first so that keys are equal exactly when the floats compare equal: the SPEC tie rule (keep every token
@@ -140,9 +146,62 @@ def _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.con
 
 
 @triton.jit
+def _row_split(row_ptr, n, COL_CONTIGUOUS: tl.constexpr, LANE_WIDTH: tl.constexpr):
+    """How every pass walks a row of ``n`` elements, whatever ``V``, the row stride and the tensor's offset: returns
+    ``(base, head, end, tail)``.
+
+    Columns are counted from ``base = row_ptr - head``, which is 16-byte aligned for contiguous columns (``head <
+    LANE_WIDTH`` elements lie before the row's first 16-byte boundary), so the row is ``[head, head + n)``. The body
+    ``[LANE_WIDTH, end)``, with ``end`` = ``head + n`` rounded down to ``LANE_WIDTH``, holds whole 16-byte runs: a
+    pass reads it with one vector load per run (its masks are constant over runs). The two edge runs ``[0,
+    LANE_WIDTH)`` and ``[tail, tail + LANE_WIDTH)``, ``tail = max(end, LANE_WIDTH)``, hold the rest of the row and
+    are read once per pass with element masks (:func:`_edge_columns`)."""
+    if COL_CONTIGUOUS:
+        head = ((row_ptr.to(tl.int64) % 16) // (16 // LANE_WIDTH)).to(tl.int32)
+        base = tl.multiple_of(row_ptr - head, 16)
+    else:
+        head = n * 0  # strided columns: no vector loads to align
+        base = row_ptr
+    end = (head + n) // LANE_WIDTH * LANE_WIDTH
+    return base, head, end, tl.maximum(end, LANE_WIDTH)
+
+
+@triton.jit
+def _edge_columns(position, head, n, tail, LANE_WIDTH: tl.constexpr):
+    """Columns (from ``base``) and mask of the two edge runs of :func:`_row_split`, laid on a block's positions:
+    positions ``[0, LANE_WIDTH)`` the first run, ``[LANE_WIDTH, 2 LANE_WIDTH)`` the second, the others masked."""
+    cols = tl.where(position < LANE_WIDTH, position, tail - LANE_WIDTH + position)
+    return cols, (position < 2 * LANE_WIDTH) & (cols >= head) & (cols < head + n)
+
+
+@triton.jit
+def _digit_counts(
+    base,
+    cols,
+    in_bounds,
+    stride_col,
+    target,
+    SHIFT: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    TOP: tl.constexpr,
+    COL_CONTIGUOUS: tl.constexpr,
+):
+    key = _sorted_key(_load_row_block(base, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
+    if TOP:
+        hist = tl.histogram(((key >> SHIFT) & 255) ^ 128, 256, mask=in_bounds)
+    else:
+        match = in_bounds & ((key >> (SHIFT + 8)) == (target >> (SHIFT + 8)))
+        hist = tl.histogram((key >> SHIFT) & 255, 256, mask=match)
+    return hist
+
+
+@triton.jit
 def _digit_histogram(
-    row_ptr,
+    base,
+    head,
     n,
+    end,
+    tail,
     stride_col,
     target,
     SHIFT: tl.constexpr,
@@ -150,20 +209,16 @@ def _digit_histogram(
     TOP: tl.constexpr,
     COL_CONTIGUOUS: tl.constexpr,
     BLOCK: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
 ):
     """One pass over the row: 256-bin histogram of key digit ``(key >> SHIFT) & 255`` among the elements whose
     higher digits equal those of ``target``; with ``TOP`` the top digit of every element, read as unsigned."""
+    edge_cols, edge = _edge_columns(tl.arange(0, 2 * LANE_WIDTH), head, n, tail, LANE_WIDTH)
+    hist = _digit_counts(base, edge_cols, edge, stride_col, target, SHIFT, KEY_BITS, TOP, COL_CONTIGUOUS)
     offsets = tl.arange(0, BLOCK)
-    hist = tl.zeros([256], dtype=tl.int32)
-    for start in range(0, n, BLOCK):
+    for start in range(LANE_WIDTH, end, BLOCK):
         cols = start + offsets
-        in_bounds = cols < n
-        key = _sorted_key(_load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS), KEY_BITS)
-        if TOP:
-            hist += tl.histogram(((key >> SHIFT) & 255) ^ 128, 256, mask=in_bounds)
-        else:
-            match = in_bounds & ((key >> (SHIFT + 8)) == (target >> (SHIFT + 8)))
-            hist += tl.histogram((key >> SHIFT) & 255, 256, mask=match)
+        hist += _digit_counts(base, cols, cols < end, stride_col, target, SHIFT, KEY_BITS, TOP, COL_CONTIGUOUS)
     return hist
 
 
@@ -186,28 +241,34 @@ def _count_below(u, valid, trial):
 
 @triton.jit
 def _sample_pivots(
-    row_ptr,
+    base,
     n,
+    end,
     stride_col,
     num_removed,
     COL_CONTIGUOUS: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
     SAMPLE_GROUPS: tl.constexpr,
     SAMPLE_GROUP: tl.constexpr,
     PIVOTS: tl.constexpr,
 ):
     """``PIVOTS`` non-decreasing float32 values that bracket the threshold with high probability, from a sample of
-    ``SAMPLE_GROUPS`` runs of ``SAMPLE_GROUP`` contiguous elements (one 32-byte sector each) spread over the row.
+    ``SAMPLE_GROUPS`` runs of ``SAMPLE_GROUP`` contiguous elements (32 bytes each) spread over the body of the row
+    (:func:`_row_split`; a row too short for a body gets an empty sample, and pivots that leave every element to
+    the candidate buffer).
 
     The outer two are the sample's elements of rank ``k/n x S -/+ (3 sigma + 2)`` (binomial sigma), rounded down /
     up to a 16-bit key prefix, found by bisection on the sample (16 counting steps); the inner ones are spaced evenly
     in value between them. Only the counts of pass 1 decide anything, so any values here are correct; good ones
     make the threshold's interval small."""
     groups = tl.arange(0, SAMPLE_GROUPS)
-    cols = groups[:, None] * (n // SAMPLE_GROUPS) + tl.arange(0, SAMPLE_GROUP)[None, :]
-    valid = cols < n
-    z = _load_row_block(row_ptr, cols, valid, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    body = tl.maximum(end - LANE_WIDTH, 0)
+    first = LANE_WIDTH + groups * (body // SAMPLE_GROUPS) // LANE_WIDTH * LANE_WIDTH  # whole 16-byte runs
+    cols = first[:, None] + tl.arange(0, SAMPLE_GROUP)[None, :]
+    valid = cols < end
+    z = _load_row_block(base, cols, valid, stride_col, COL_CONTIGUOUS).to(tl.float32)
     prefix = (_sorted_key(z, 32) >> 16) + 32768  # the key's top 16 bits, read as unsigned: [0, 65536)
-    count = tl.sum(valid.to(tl.int32))
+    count = tl.sum(tl.sum(valid.to(tl.int32), 1), 0)
     fraction = num_removed / tl.maximum(n, 1).to(tl.float32)
     expected = fraction * count.to(tl.float32)
     margin = 3.0 * tl.sqrt(expected * (1.0 - fraction)) + 2.0
@@ -225,20 +286,69 @@ def _sample_pivots(
     hi = _key_to_float((tl.minimum(v_hi + 1, 0x7F80 + 32768) - 32768) << 16, 32, False)  # next prefix, at most +inf
     hi = tl.where(rank_hi < count, hi, float("inf"))
     finite = valid & (z > float("-inf")) & (z < float("inf"))
-    base = tl.where(lo > float("-inf"), lo, tl.min(tl.where(finite, z, float("inf")), 0).min(0))
+    low = tl.where(lo > float("-inf"), lo, tl.min(tl.where(finite, z, float("inf")), 0).min(0))
     top = tl.where(hi < float("inf"), hi, tl.max(tl.where(finite, z, float("-inf")), 0).max(0))
-    spaced = (base <= top) & (base > float("-inf")) & (top < float("inf"))
+    spaced = (low <= top) & (low > float("-inf")) & (top < float("inf"))
     index = tl.arange(0, 8)  # PIVOTS <= 8 used; the others +inf (never below the threshold)
-    inner = tl.minimum(tl.maximum(base + (top - base) * (index.to(tl.float32) / (PIVOTS - 1)), base), top)
+    inner = tl.minimum(tl.maximum(low + (top - low) * (index.to(tl.float32) / (PIVOTS - 1)), low), top)
     inner = tl.where(spaced, inner, hi)
     pivots = tl.where(index == 0, lo, tl.where(index == PIVOTS - 1, hi, inner))
     return tl.where(index < PIVOTS, pivots, float("inf"))
 
 
 @triton.jit
+def _pivot_counts(z, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS: tl.constexpr):
+    """Pass 1's terms of a ``(lanes, LANE_WIDTH)`` tile: per lane the NaN-propagating maximum and, per pivot, the
+    number of elements below it (float32: exact, a lane sees far fewer than 2^24 elements; zeros past ``PIVOTS``)."""
+    c0 = tl.sum(tl.where(z < p0, 1.0, 0.0), 1)
+    c1 = tl.sum(tl.where(z < p1, 1.0, 0.0), 1)
+    c2 = tl.sum(tl.where(z < p2, 1.0, 0.0), 1)
+    c3 = c0 * 0.0
+    c4 = c3
+    c5 = c3
+    c6 = c3
+    c7 = c3
+    if PIVOTS > 3:
+        c3 = tl.sum(tl.where(z < p3, 1.0, 0.0), 1)
+    if PIVOTS > 4:
+        c4 = tl.sum(tl.where(z < p4, 1.0, 0.0), 1)
+    if PIVOTS > 5:
+        c5 = tl.sum(tl.where(z < p5, 1.0, 0.0), 1)
+    if PIVOTS > 6:
+        c6 = tl.sum(tl.where(z < p6, 1.0, 0.0), 1)
+    if PIVOTS > 7:
+        c7 = tl.sum(tl.where(z < p7, 1.0, 0.0), 1)
+    return _max_with_nan(z), c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _kept_terms(z, hi, row_max):
+    """Pass 2's softmax terms of a ``(lanes, LANE_WIDTH)`` tile, per lane: sums of ``w = exp(z - max)`` and of ``w (z
+    - max) log2(e)`` over the elements ``>= hi`` (all kept), with one ``exp2`` each."""
+    take = z >= hi
+    shifted = tl.where(take, (z - row_max) * LOG2E, 0.0)
+    weight = tl.where(take, tl.math.exp2(shifted), 0.0)
+    return tl.sum(weight, 1), tl.sum(weight * shifted, 1)
+
+
+@triton.jit
+def _pack_candidates(candidates_ptr, dense, z, lo, hi):
+    """Stores the elements of ``[lo, hi)`` of a ``(runs, LANE_WIDTH)`` tile at ``candidates_ptr + dense`` on, in
+    order; returns ``dense`` plus their number."""
+    ones = ((z >= lo) & (z < hi)).to(tl.int32)
+    per_run = tl.sum(ones, 1)
+    position = dense + (tl.cumsum(per_run, 0) - per_run)[:, None] + tl.cumsum(ones, 1) - ones
+    tl.store(candidates_ptr + position, z, mask=ones > 0)
+    return dense + tl.sum(per_run, 0)
+
+
+@triton.jit
 def _softmax_and_candidates(
-    row_ptr,
+    base,
+    head,
     n,
+    end,
+    tail,
     stride_col,
     buffer_ptr,
     lo,
@@ -255,33 +365,37 @@ def _softmax_and_candidates(
     ``[lo, hi)``: the block is read as ``LANES`` runs of ``LANE_WIDTH`` contiguous elements (one vector load each),
     and lane ``r`` writes the first column of its ``i``-th such run to int32 slot ``i * LANES + r`` of ``buffer_ptr``
     (no communication between threads). Then the listed runs are gathered, their interval elements (the candidates)
-    packed into the ``CANDIDATES`` float32 slots after the list, the threshold (the candidate of 0-based ``rank``)
-    found by bisection on their keys, and the kept candidates added. Returns (sum of weights, sum of weight x
-    shifted value, threshold, whether the list fit)."""
+    packed into the ``CANDIDATES`` float32 slots after the list (the edge runs' first, packed before the pass), the
+    threshold (the candidate of 0-based ``rank``) found by bisection on their keys, and the kept candidates added.
+    Returns (sum of weights, sum of weight x shifted value, threshold, whether the list fit)."""
     lanes = tl.arange(0, LANES)
     tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
-    lane_total = tl.zeros([LANES], dtype=tl.float32)
-    lane_weighted = tl.zeros([LANES], dtype=tl.float32)  # in log2 units: sum of w (z - max) log2(e)
-    lane_count = tl.zeros([LANES], dtype=tl.int32)
+    candidates_ptr = (buffer_ptr + DEPTH * LANES).to(tl.pointer_type(tl.float32), bitcast=True)
     # hi > -inf here (below[j + 1] > k >= 0 elements lie below it), so `z >= hi` keeps -inf out; out-of-row elements
     # read as NaN, which no comparison passes.
-    for start in range(0, n, LANES * LANE_WIDTH):
+    edge_tile = tl.arange(0, 2)[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    edge_cols, edge = _edge_columns(edge_tile, head, n, tail, LANE_WIDTH)
+    edge_z = _load_row_block(base, edge_cols, edge, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
+    edge_total, edge_weighted = _kept_terms(edge_z, hi, row_max)  # the weighted sums in log2 units
+    dense = _pack_candidates(candidates_ptr, n * 0, edge_z, lo, hi)
+    lane_total = tl.zeros([LANES], dtype=tl.float32)
+    lane_weighted = tl.zeros([LANES], dtype=tl.float32)
+    lane_count = tl.zeros([LANES], dtype=tl.int32)
+    for start in range(LANE_WIDTH, end, LANES * LANE_WIDTH):
         cols = start + tile
-        z = _load_row_block(row_ptr, cols, cols < n, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
-        take = z >= hi
+        z = _load_row_block(base, cols, cols < end, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
         # A lane that meets a candidate lists its run's first column (one store per run, not per candidate) in its
         # next depth slot; past DEPTH the slots wrap around (the row then falls back, so they are never read).
         hit = tl.max(((z >= lo) & (z < hi)).to(tl.int32), 1)
         tl.store(buffer_ptr + (lane_count & (DEPTH - 1)) * LANES + lanes, start + lanes * LANE_WIDTH, mask=hit > 0)
         lane_count += hit
-        shifted = tl.where(take, (z - row_max) * LOG2E, 0.0)
-        weight = tl.where(take, tl.math.exp2(shifted), 0.0)
-        lane_total += tl.sum(weight, 1)
-        lane_weighted += tl.sum(weight * shifted, 1)
+        block_total, block_weighted = _kept_terms(z, hi, row_max)
+        lane_total += block_total
+        lane_weighted += block_weighted
     # Compact the list in place, one depth row at a time: slot (d, r) moves to the number of listed runs before it
     # in row-major order, at most d * LANES + r, so no unread slot is overwritten. Then gather the listed runs again,
-    # 2048 elements at a time, and pack their candidates into the CANDIDATES slots after the list (each interval
-    # element lies in exactly one listed run, so there are at most CANDIDATES runs and exactly `inside` candidates).
+    # 2048 elements at a time, and pack their candidates after the edge runs' (each interval element lies in
+    # exactly one listed run or an edge run, so there are at most CANDIDATES runs and exactly `inside` candidates).
     used = tl.max(lane_count, 0)
     fits = used <= DEPTH
     used = tl.where(fits, used, 0)  # nothing is read back when a lane overflowed
@@ -296,22 +410,17 @@ def _softmax_and_candidates(
             tl.store(buffer_ptr + runs + tl.cumsum(ones, 0) - ones, first, mask=listed)
             runs += tl.sum(ones, 0)
     tl.debug_barrier()
-    candidates_ptr = (buffer_ptr + DEPTH * LANES).to(tl.pointer_type(tl.float32), bitcast=True)
-    dense = runs * 0
     GATHER: tl.constexpr = 2048 // LANE_WIDTH  # runs gathered at once: 2048 elements
     runs_at_once = tl.arange(0, GATHER)
     for chunk in tl.static_range(0, CANDIDATES, GATHER):
         if chunk < runs:
             listed = chunk + runs_at_once < runs
             first = tl.load(buffer_ptr + chunk + runs_at_once, mask=listed, other=0, cache_modifier=".cg")
-            cols = tl.multiple_of(first, LANE_WIDTH)[:, None] + tl.arange(0, LANE_WIDTH)[None, :]
-            z = _load_row_block(row_ptr, cols, listed[:, None] & (cols < n), stride_col, COL_CONTIGUOUS, float("nan"))
-            z = z.to(tl.float32)
-            ones = ((z >= lo) & (z < hi)).to(tl.int32)
-            per_lane = tl.sum(ones, 1)
-            position = dense + (tl.cumsum(per_lane, 0) - per_lane)[:, None] + tl.cumsum(ones, 1) - ones
-            tl.store(candidates_ptr + position, z, mask=ones > 0)
-            dense += tl.sum(per_lane, 0)
+            run_cols = tl.multiple_of(first, LANE_WIDTH)[:, None] + tl.arange(0, LANE_WIDTH)[None, :]
+            gathered = _load_row_block(
+                base, run_cols, listed[:, None] & (run_cols < end), stride_col, COL_CONTIGUOUS, float("nan")
+            )
+            dense = _pack_candidates(candidates_ptr, dense, gathered.to(tl.float32), lo, hi)
     tl.debug_barrier()
     slots = tl.arange(0, CANDIDATES)
     filled = slots < dense
@@ -331,10 +440,45 @@ def _softmax_and_candidates(
     kept = filled & (offset >= found) & (cz > float("-inf"))
     shifted = tl.where(kept, (cz - row_max) * LOG2E, 0.0)
     weight = tl.where(kept, tl.math.exp2(shifted), 0.0)
-    total = tl.sum(lane_total, 0) + tl.sum(weight, 0)
-    weighted = (tl.sum(lane_weighted, 0) + tl.sum(weight * shifted, 0)) / LOG2E
+    total = tl.sum(lane_total, 0) + tl.sum(edge_total, 0) + tl.sum(weight, 0)
+    weighted = (tl.sum(lane_weighted, 0) + tl.sum(edge_weighted, 0) + tl.sum(weight * shifted, 0)) / LOG2E
     threshold = _key_to_float((key_lo + found).to(tl.int32, bitcast=True), 32, False)
     return total, weighted, threshold, fits
+
+
+@triton.jit
+def _last_digit_terms(
+    base, cols, in_bounds, stride_col, bucket, row_max, KEY_BITS: tl.constexpr, COL_CONTIGUOUS: tl.constexpr
+):
+    """The fallback's last pass on a block: ``exp(z - max)`` and ``exp(z - max) (z - max)`` of the elements above
+    the threshold's bucket (0 elsewhere), and the histogram of the last key digit inside the bucket."""
+    x = _load_row_block(base, cols, in_bounds, stride_col, COL_CONTIGUOUS)
+    z = x.to(tl.float32)
+    key = _sorted_key(x, KEY_BITS)
+    take = in_bounds & ((key >> 8) > bucket) & (z > float("-inf"))
+    hist = tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
+    shifted = tl.where(take, z - row_max, 0.0)
+    weight = tl.where(take, tl.exp(shifted), 0.0)
+    return weight, weight * shifted, hist
+
+
+@triton.jit
+def _online_softmax(
+    lane_max, lane_invalid, lane_total, lane_weighted, base, cols, in_bounds, stride_col, COL_CONTIGUOUS: tl.constexpr
+):
+    """One block of the ``k = 0`` pass: per position the running max, NaN/+inf flag, sum of ``exp(z - max)`` and of
+    ``exp(z - max) (z - max)``, rescaled when the max grows."""
+    z = _load_row_block(base, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
+    new_max = tl.maximum(lane_max, tl.where(in_bounds, z, float("-inf")))
+    take = in_bounds & (z > float("-inf"))
+    rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
+    shifted = tl.where(take, z - new_max, 0.0)
+    weight = tl.where(take, tl.exp(shifted), 0.0)
+    moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
+    lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
+    lane_total = rescale * lane_total + weight
+    return new_max, lane_invalid, lane_total, lane_weighted
 
 
 @triton.jit
@@ -365,14 +509,17 @@ def _clamped_entropy_forward_kernel(
     CANDIDATE_DEPTH: tl.constexpr,
 ):
     row = tl.program_id(0)
-    row_ptr = x_ptr + row.to(tl.int64) * stride_row
     offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
     neg_inf = float("-inf")
     n = vocab
     if HAS_ROW_MASK:
         n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
+    base, head, end, tail = _row_split(x_ptr + row.to(tl.int64) * stride_row, n, COL_CONTIGUOUS, LANE_WIDTH)
     LANES: tl.constexpr = BLOCK // LANE_WIDTH
+    # The fallback's passes read flat blocks of 4 elements per lane, BLOCK for float32 and BLOCK / 2 for 16-bit types:
+    # their histograms and per-position sums at 8 elements per thread would need more than 128 registers.
+    FALLBACK_BLOCK: tl.constexpr = LANES * 4
 
     total = tl.zeros([BLOCK], dtype=tl.float32).sum(0)
     weighted = total
@@ -383,11 +530,21 @@ def _clamped_entropy_forward_kernel(
     passes = tl.where(n > 0, 1, 0)  # full passes over the row, reported for tests and benchmarks
     if SELECT:
         pivots = _sample_pivots(
-            row_ptr, n, stride_col, num_removed, COL_CONTIGUOUS, SAMPLE // SAMPLE_GROUP, SAMPLE_GROUP, PIVOTS
+            base,
+            n,
+            end,
+            stride_col,
+            num_removed,
+            COL_CONTIGUOUS,
+            LANE_WIDTH,
+            SAMPLE // SAMPLE_GROUP,
+            SAMPLE_GROUP,
+            PIVOTS,
         )
-        # Pass 1: row max, NaN/+inf flag and, per pivot, the number of elements below it. The block is read as
+        # Pass 1: row max, NaN/+inf flag and, per pivot, the number of elements below it. A block is read as
         # LANES x LANE_WIDTH (one vector load per lane, whose LANE_WIDTH elements one thread holds, so the sums
-        # over them need no communication); out-of-row elements read as -inf and are taken off after the loop.
+        # over them need no communication); the edge runs as a 2 x LANE_WIDTH tile before the body. Out-of-row
+        # elements read as -inf and are taken off after the loop.
         tl.static_assert((PIVOTS >= 3) & (PIVOTS <= 8), "pass 1 keeps one counter per pivot, written out for 8")
         lanes = tl.arange(0, LANES)
         tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
@@ -400,8 +557,11 @@ def _clamped_entropy_forward_kernel(
         p5 = tl.max(tl.where(index == 5, pivots, neg_inf), 0)
         p6 = tl.max(tl.where(index == 6, pivots, neg_inf), 0)
         p7 = tl.max(tl.where(index == 7, pivots, neg_inf), 0)
+        edge_tile = tl.arange(0, 2)[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+        edge_cols, edge = _edge_columns(edge_tile, head, n, tail, LANE_WIDTH)
+        edge_z = _load_row_block(base, edge_cols, edge, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+        edge_max, e0, e1, e2, e3, e4, e5, e6, e7 = _pivot_counts(edge_z, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS)
         lane_max = tl.full([LANES], neg_inf, dtype=tl.float32)
-        # Per lane and pivot, float32 counts: exact, a lane sees far fewer than 2^24 elements.
         c0 = tl.zeros([LANES], dtype=tl.float32)
         c1 = c0
         c2 = c0
@@ -410,33 +570,41 @@ def _clamped_entropy_forward_kernel(
         c5 = c0
         c6 = c0
         c7 = c0
-        for start in range(0, n, BLOCK):
+        for start in range(LANE_WIDTH, end, BLOCK):
             cols = start + tile
-            z = _load_row_block(row_ptr, cols, cols < n, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
-            lane_max = tl.maximum(lane_max, _max_with_nan(z), propagate_nan=tl.PropagateNan.ALL)
-            c0 += tl.sum(tl.where(z < p0, 1.0, 0.0), 1)
-            c1 += tl.sum(tl.where(z < p1, 1.0, 0.0), 1)
-            c2 += tl.sum(tl.where(z < p2, 1.0, 0.0), 1)
+            z = _load_row_block(base, cols, cols < end, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+            block_max, d0, d1, d2, d3, d4, d5, d6, d7 = _pivot_counts(z, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS)
+            lane_max = tl.maximum(lane_max, block_max, propagate_nan=tl.PropagateNan.ALL)
+            c0 += d0
+            c1 += d1
+            c2 += d2
             if PIVOTS > 3:
-                c3 += tl.sum(tl.where(z < p3, 1.0, 0.0), 1)
+                c3 += d3
             if PIVOTS > 4:
-                c4 += tl.sum(tl.where(z < p4, 1.0, 0.0), 1)
+                c4 += d4
             if PIVOTS > 5:
-                c5 += tl.sum(tl.where(z < p5, 1.0, 0.0), 1)
+                c5 += d5
             if PIVOTS > 6:
-                c6 += tl.sum(tl.where(z < p6, 1.0, 0.0), 1)
+                c6 += d6
             if PIVOTS > 7:
-                c7 += tl.sum(tl.where(z < p7, 1.0, 0.0), 1)
-        row_max = tl.reduce(lane_max, 0, _nan_max)  # (one use of the loop result: Triton 3.7.1 needs that)
+                c7 += d7
+        # (one use of the loop result: Triton 3.7.1 needs that)
+        row_max = _nan_max(tl.reduce(lane_max, 0, _nan_max), tl.reduce(edge_max, 0, _nan_max))
         invalid = (row_max != row_max) | (row_max == float("inf"))
-        below = tl.where(index == 0, tl.sum(c0, 0), 0.0) + tl.where(index == 1, tl.sum(c1, 0), 0.0)
-        below += tl.where(index == 2, tl.sum(c2, 0), 0.0) + tl.where(index == 3, tl.sum(c3, 0), 0.0)
-        below += tl.where(index == 4, tl.sum(c4, 0), 0.0) + tl.where(index == 5, tl.sum(c5, 0), 0.0)
-        below += tl.where(index == 6, tl.sum(c6, 0), 0.0) + tl.where(index == 7, tl.sum(c7, 0), 0.0)
-        padding = tl.cdiv(n, BLOCK) * BLOCK - n
+        below = tl.where(index == 0, tl.sum(c0, 0) + tl.sum(e0, 0), 0.0)
+        below += tl.where(index == 1, tl.sum(c1, 0) + tl.sum(e1, 0), 0.0)
+        below += tl.where(index == 2, tl.sum(c2, 0) + tl.sum(e2, 0), 0.0)
+        below += tl.where(index == 3, tl.sum(c3, 0) + tl.sum(e3, 0), 0.0)
+        below += tl.where(index == 4, tl.sum(c4, 0) + tl.sum(e4, 0), 0.0)
+        below += tl.where(index == 5, tl.sum(c5, 0) + tl.sum(e5, 0), 0.0)
+        below += tl.where(index == 6, tl.sum(c6, 0) + tl.sum(e6, 0), 0.0)
+        below += tl.where(index == 7, tl.sum(c7, 0) + tl.sum(e7, 0), 0.0)
+        # Elements read that are not in the row: the edge runs' and the body blocks', less the row.
+        padding = 2 * LANE_WIDTH + tl.cdiv(tl.maximum(end - LANE_WIDTH, 0), BLOCK) * BLOCK - n
         below = below.to(tl.int32) - tl.where(pivots > neg_inf, padding, 0)
         below = tl.where(index < PIVOTS, below, n + 1)  # unused slots: above every rank
         n = tl.where(invalid, 0, n)  # NaN/+inf: the entropy is NaN whatever the other passes find
+        end = tl.where(invalid, 0, end)
 
         # The threshold (the element of 0-based rank k) lies in [pivot j, pivot j + 1) for the last j with
         # below[j] <= k, unless the sample missed it (k outside [below[0], below[-1])).
@@ -448,8 +616,11 @@ def _clamped_entropy_forward_kernel(
         if (j >= 0) & (j < PIVOTS - 1) & (inside <= CANDIDATES):
             passes += tl.where(n > 0, 1, 0)
             total, weighted, threshold, done = _softmax_and_candidates(
-                row_ptr,
+                base,
+                head,
                 n,
+                end,
+                tail,
                 stride_col,
                 candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * LANES + CANDIDATES),
                 lo,
@@ -467,36 +638,61 @@ def _clamped_entropy_forward_kernel(
         # higher digits match; then the last pass below.
         if not done:
             passes += tl.where(n > 0, KEY_BITS // 8, 0)  # the digit passes and the last pass
-            hist = _digit_histogram(row_ptr, n, stride_col, 0, KEY_BITS - 8, KEY_BITS, True, COL_CONTIGUOUS, BLOCK)
+            hist = _digit_histogram(
+                base,
+                head,
+                n,
+                end,
+                tail,
+                stride_col,
+                0,
+                KEY_BITS - 8,
+                KEY_BITS,
+                True,
+                COL_CONTIGUOUS,
+                FALLBACK_BLOCK,
+                LANE_WIDTH,
+            )
             digit, rank = _select_digit(hist, rank)
             target = (digit - 128) << (KEY_BITS - 8)
             if KEY_BITS == 32:
                 for shift in tl.static_range(16, 7, -8):
                     hist = _digit_histogram(
-                        row_ptr, n, stride_col, target, shift, KEY_BITS, False, COL_CONTIGUOUS, BLOCK
+                        base,
+                        head,
+                        n,
+                        end,
+                        tail,
+                        stride_col,
+                        target,
+                        shift,
+                        KEY_BITS,
+                        False,
+                        COL_CONTIGUOUS,
+                        FALLBACK_BLOCK,
+                        LANE_WIDTH,
                     )
                     digit, rank = _select_digit(hist, rank)
                     target = target | (digit << shift)
     else:
-        # k = 0: one pass, the softmax sums kept per lane with an online max.
-        lane_max = tl.full([BLOCK], neg_inf, dtype=tl.float32)
-        lane_invalid = tl.zeros([BLOCK], dtype=tl.int32)
-        lane_total = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max)
-        lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)  # sum of exp(z - lane_max) (z - lane_max)
-        for start in range(0, n, BLOCK):
+        # k = 0: one pass, the softmax sums kept per position with an online max; the edge runs first.
+        cols, edge = _edge_columns(offsets, head, n, tail, LANE_WIDTH)
+        lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
+            tl.full([BLOCK], neg_inf, dtype=tl.float32),
+            tl.zeros([BLOCK], dtype=tl.int32),
+            tl.zeros([BLOCK], dtype=tl.float32),
+            tl.zeros([BLOCK], dtype=tl.float32),
+            base,
+            cols,
+            edge,
+            stride_col,
+            COL_CONTIGUOUS,
+        )
+        for start in range(LANE_WIDTH, end, BLOCK):
             cols = start + offsets
-            in_bounds = cols < n
-            z = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS).to(tl.float32)
-            lane_invalid |= (in_bounds & ((z != z) | (z == float("inf")))).to(tl.int32)
-            new_max = tl.maximum(lane_max, tl.where(in_bounds, z, neg_inf))
-            take = in_bounds & (z > neg_inf)
-            rescale = tl.where(lane_max == new_max, 1.0, tl.exp(lane_max - new_max))
-            shifted = tl.where(take, z - new_max, 0.0)
-            weight = tl.where(take, tl.exp(shifted), 0.0)
-            moved = tl.where(lane_total > 0, lane_total * (lane_max - new_max), 0.0)
-            lane_weighted = rescale * (lane_weighted + moved) + weight * shifted
-            lane_total = rescale * lane_total + weight
-            lane_max = new_max
+            lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
+                lane_max, lane_invalid, lane_total, lane_weighted, base, cols, cols < end, stride_col, COL_CONTIGUOUS
+            )
         row_max = tl.max(lane_max, 0)
         invalid = tl.max(lane_invalid, 0) > 0
         lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
@@ -508,26 +704,26 @@ def _clamped_entropy_forward_kernel(
 
     # Last pass of the fallback: sums of exp(z - max) and exp(z - max) (z - max) over the elements certainly kept
     # (above the threshold's 8-bit-wide bucket), one exponential each, and the histogram of the last digit inside
-    # the bucket, whose elements' values are known from their bin.
+    # the bucket, whose elements' values are known from their bin. The edge runs first.
     if SELECT and not done:
-        lane_total = tl.zeros([BLOCK], dtype=tl.float32)
-        lane_weighted = tl.zeros([BLOCK], dtype=tl.float32)
-        last_hist = tl.zeros([256], dtype=tl.int32)
         bucket = target >> 8
-        for start in range(0, n, BLOCK):
-            cols = start + offsets
-            in_bounds = cols < n
-            x = _load_row_block(row_ptr, cols, in_bounds, stride_col, COL_CONTIGUOUS)
-            z = x.to(tl.float32)
-            key = _sorted_key(x, KEY_BITS)
-            take = in_bounds & ((key >> 8) > bucket) & (z > neg_inf)
-            last_hist += tl.histogram(key & 255, 256, mask=in_bounds & ((key >> 8) == bucket))
-            shifted = tl.where(take, z - row_max, 0.0)
-            weight = tl.where(take, tl.exp(shifted), 0.0)
-            lane_total += weight
-            lane_weighted += weight * shifted
-        total = tl.sum(lane_total, 0)
-        weighted = tl.sum(lane_weighted, 0)
+        last_edge_cols, last_edge = _edge_columns(tl.arange(0, 2 * LANE_WIDTH), head, n, tail, LANE_WIDTH)
+        edge_total, edge_weighted, last_hist = _last_digit_terms(
+            base, last_edge_cols, last_edge, stride_col, bucket, row_max, KEY_BITS, COL_CONTIGUOUS
+        )
+        positions = tl.arange(0, FALLBACK_BLOCK)
+        lane_total = tl.zeros([FALLBACK_BLOCK], dtype=tl.float32)
+        lane_weighted = tl.zeros([FALLBACK_BLOCK], dtype=tl.float32)
+        for start in range(LANE_WIDTH, end, FALLBACK_BLOCK):
+            last_cols = start + positions
+            block_total, block_weighted, block_hist = _last_digit_terms(
+                base, last_cols, last_cols < end, stride_col, bucket, row_max, KEY_BITS, COL_CONTIGUOUS
+            )
+            lane_total += block_total
+            lane_weighted += block_weighted
+            last_hist += block_hist
+        total = tl.sum(lane_total, 0) + tl.sum(edge_total, 0)
+        weighted = tl.sum(lane_weighted, 0) + tl.sum(edge_weighted, 0)
         # Kept elements inside the bucket: every bin from the threshold's digit up; a bin's value is its key.
         last_digit, rank = _select_digit(last_hist, rank)
         threshold = _key_to_float(target | last_digit, KEY_BITS, IS_BF16)
@@ -553,6 +749,29 @@ def _clamped_entropy_forward_kernel(
 
 
 @triton.jit
+def _write_gradient(
+    base,
+    grad_base,
+    cols,
+    in_row,
+    read,
+    stride_col,
+    threshold,
+    shift,
+    log_total,
+    entropy,
+    upstream,
+    COL_CONTIGUOUS: tl.constexpr,
+):
+    z = _load_row_block(base, cols, read, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    kept = read & (z >= threshold) & (z > float("-inf"))
+    # (z - max) first: exact for nearby values, whereas max + log_total would round at the logits' magnitude.
+    log_q = tl.where(kept, (z - shift) - log_total, 0.0)
+    grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
+    tl.store(grad_base + cols, grad.to(grad_base.dtype.element_ty), mask=in_row)
+
+
+@triton.jit
 def _clamped_entropy_backward_kernel(
     x_ptr,
     stride_row,
@@ -570,26 +789,58 @@ def _clamped_entropy_backward_kernel(
     COL_CONTIGUOUS: tl.constexpr,
     HAS_ROW_MASK: tl.constexpr,
     BLOCK: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
 ):
+    """Program (row, b) writes the gradient of the row's columns ``[b BLOCK, (b + 1) BLOCK)`` counted from the
+    row's aligned base (:func:`_row_split`); program (row, 0) also writes the two edge runs. The gradient's rows start
+    at the same offset from a 16-byte boundary as the logits' (see ``_empty_gradient``), so the stores are
+    vectorised like the loads."""
     row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    in_bounds = cols < vocab
-    read = in_bounds
-    if HAS_ROW_MASK:
-        # A skipped row: no column is read, zeros are written.
-        read = cols < tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)
     row64 = row.to(tl.int64)
-    z = _load_row_block(x_ptr + row64 * stride_row, cols, read, stride_col, COL_CONTIGUOUS).to(tl.float32)
+    base, head, end, tail = _row_split(x_ptr + row64 * stride_row, vocab, COL_CONTIGUOUS, LANE_WIDTH)
+    grad_base = grad_ptr + row64 * grad_stride_row - head
+    if COL_CONTIGUOUS:
+        grad_base = tl.multiple_of(grad_base, 16)
+    n = vocab  # columns read: none in a skipped row, whose gradient row is written as zeros
+    if HAS_ROW_MASK:
+        n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)
     entropy = tl.load(entropy_ptr + row)
     threshold = tl.load(threshold_ptr + row)
     shift = tl.load(shift_ptr + row)
     log_total = tl.load(log_total_ptr + row)
     upstream = tl.load(grad_out_ptr + row64 * grad_out_stride).to(tl.float32)
-    kept = read & (z >= threshold) & (z > float("-inf"))
-    # (z - max) first: exact for nearby values, whereas max + log_total would round at the logits' magnitude.
-    log_q = tl.where(kept, (z - shift) - log_total, 0.0)
-    grad = tl.where(kept, -tl.exp(log_q) * (log_q + entropy) * upstream, 0.0)
-    tl.store(grad_ptr + row64 * grad_stride_row + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_bounds)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    _write_gradient(
+        base,
+        grad_base,
+        cols,
+        (cols >= LANE_WIDTH) & (cols < end),
+        (cols >= LANE_WIDTH) & (cols < tl.where(n > 0, end, 0)),
+        stride_col,
+        threshold,
+        shift,
+        log_total,
+        entropy,
+        upstream,
+        COL_CONTIGUOUS,
+    )
+    if tl.program_id(1) == 0:
+        position = tl.arange(0, 2 * LANE_WIDTH)
+        edge_cols, edge = _edge_columns(position, head, vocab, tail, LANE_WIDTH)
+        _write_gradient(
+            base,
+            grad_base,
+            edge_cols,
+            edge,
+            _edge_columns(position, head, n, tail, LANE_WIDTH)[1],
+            stride_col,
+            threshold,
+            shift,
+            log_total,
+            entropy,
+            upstream,
+            COL_CONTIGUOUS,
+        )
 
 
 #: Whether the kernels were decorated in Triton's interpreter mode (``TRITON_INTERPRET=1`` at import): they then
@@ -614,6 +865,36 @@ def _check_rows(rows2d: torch.Tensor, k: int) -> None:
         raise ValueError(f"at most 2**31 - 1 rows are supported, got {rows2d.shape[0]}")
 
 
+def _lane_width(rows2d: torch.Tensor) -> int:
+    """Elements per 16-byte run: one vector load."""
+    return 16 // rows2d.element_size()
+
+
+def _backward_blocks(rows2d: torch.Tensor, block: int) -> int:
+    """Column blocks per row of the backward grid: the row's columns counted from its aligned base reach at most
+    ``V + LANE_WIDTH - 1`` (see ``_row_split``)."""
+    return triton.cdiv(rows2d.shape[1] + _lane_width(rows2d) - 1, block)
+
+
+def _empty_gradient(rows2d: torch.Tensor) -> torch.Tensor:
+    """Uninitialised gradient of ``rows2d`` whose rows start at the same offset from a 16-byte boundary as the
+    logits' rows, so that the backward splits both at the same columns and vectorises loads and stores alike.
+
+    For contiguous columns the gradient is a view of a flat buffer: its storage offset matches the logits' address
+    and its row stride their row stride modulo the run (at most ``LANE_WIDTH - 1`` unused elements per row). With
+    ``V`` a multiple of 16 and aligned logits this is an ordinary contiguous tensor."""
+    rows, vocab = rows2d.shape
+    options = dict(dtype=rows2d.dtype, device=rows2d.device)
+    if rows2d.stride(1) != 1 or rows == 0:
+        return torch.empty((rows, vocab), **options)
+    size = rows2d.element_size()
+    lane = _lane_width(rows2d)
+    stride = vocab + (rows2d.stride(0) - vocab) % lane if rows > 1 else vocab
+    flat = torch.empty(lane - 1 + (rows - 1) * stride + vocab, **options)
+    offset = (rows2d.data_ptr() - flat.data_ptr()) % 16 // size
+    return flat.as_strided((rows, vocab), (stride, 1), offset)
+
+
 def _on_device_of(tensor: torch.Tensor):
     """Launch on the tensor's GPU, not the current one (multi-GPU processes)."""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
@@ -625,7 +906,7 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     entropy, threshold, shift, log_total, passes = stats.unbind(0)
     if rows > 0:
         key_bits = 32 if rows2d.dtype == torch.float32 else 16
-        lane_width = 16 // rows2d.element_size()  # one 16-byte vector load per lane
+        lane_width = _lane_width(rows2d)
         # Per-row candidate buffer of the select; unused when k = 0.
         if k > 0:
             lanes = config.forward_block // lane_width
@@ -685,11 +966,11 @@ class _FusedClampedEntropy(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         rows2d, row_mask, entropy, threshold, shift, log_total = ctx.saved_tensors
         rows, vocab = rows2d.shape
-        grad = torch.empty((rows, vocab), dtype=rows2d.dtype, device=rows2d.device)
+        grad = _empty_gradient(rows2d)
         if rows > 0:
             block = ctx.config.backward_block
             with _on_device_of(rows2d):
-                _clamped_entropy_backward_kernel[(rows, triton.cdiv(vocab, block))](
+                _clamped_entropy_backward_kernel[(rows, _backward_blocks(rows2d, block))](
                     rows2d,
                     rows2d.stride(0),
                     rows2d.stride(1),
@@ -706,6 +987,7 @@ class _FusedClampedEntropy(torch.autograd.Function):
                     COL_CONTIGUOUS=rows2d.stride(1) == 1,
                     HAS_ROW_MASK=row_mask is not None,
                     BLOCK=block,
+                    LANE_WIDTH=_lane_width(rows2d),
                     num_warps=ctx.config.backward_warps,
                 )
         return grad, None, None, None
@@ -793,7 +1075,7 @@ def _checked_config(
     for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16, 1)):
         if value < low or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
-    if triton.cdiv(rows2d.shape[1], config.backward_block) > 65535:
+    if _backward_blocks(rows2d, config.backward_block) > 65535:
         raise ValueError(
             f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config.backward_block}; "
             "raise backward_block"
