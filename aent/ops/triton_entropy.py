@@ -638,41 +638,26 @@ def _clamped_entropy_forward_kernel(
         # higher digits match; then the last pass below.
         if not done:
             passes += tl.where(n > 0, KEY_BITS // 8, 0)  # the digit passes and the last pass
-            hist = _digit_histogram(
-                base,
-                head,
-                n,
-                end,
-                tail,
-                stride_col,
-                0,
-                KEY_BITS - 8,
-                KEY_BITS,
-                True,
-                COL_CONTIGUOUS,
-                FALLBACK_BLOCK,
-                LANE_WIDTH,
-            )
-            digit, rank = _select_digit(hist, rank)
-            target = (digit - 128) << (KEY_BITS - 8)
-            if KEY_BITS == 32:
-                for shift in tl.static_range(16, 7, -8):
-                    hist = _digit_histogram(
-                        base,
-                        head,
-                        n,
-                        end,
-                        tail,
-                        stride_col,
-                        target,
-                        shift,
-                        KEY_BITS,
-                        False,
-                        COL_CONTIGUOUS,
-                        FALLBACK_BLOCK,
-                        LANE_WIDTH,
-                    )
-                    digit, rank = _select_digit(hist, rank)
+            for shift in tl.static_range(KEY_BITS - 8, 7, -8):  # the top digit (read as unsigned), then the others
+                hist = _digit_histogram(
+                    base,
+                    head,
+                    n,
+                    end,
+                    tail,
+                    stride_col,
+                    target,
+                    shift,
+                    KEY_BITS,
+                    shift == KEY_BITS - 8,
+                    COL_CONTIGUOUS,
+                    FALLBACK_BLOCK,
+                    LANE_WIDTH,
+                )
+                digit, rank = _select_digit(hist, rank)
+                if shift == KEY_BITS - 8:
+                    target = (digit - 128) << shift
+                else:
                     target = target | (digit << shift)
     else:
         # k = 0: one pass, the softmax sums kept per position with an online max; the edge runs first.
