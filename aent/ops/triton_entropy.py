@@ -175,6 +175,15 @@ def _edge_columns(position, head, n, tail, LANE_WIDTH: tl.constexpr):
 
 
 @triton.jit
+def _edge_tile(base, head, n, tail, stride_col, other, COL_CONTIGUOUS: tl.constexpr, LANE_WIDTH: tl.constexpr):
+    """The two edge runs as a ``(2, LANE_WIDTH)`` float32 tile, out-of-row elements read as ``other``: the first
+    block of passes 1 and 2."""
+    tile = tl.arange(0, 2)[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    cols, in_row = _edge_columns(tile, head, n, tail, LANE_WIDTH)
+    return _load_row_block(base, cols, in_row, stride_col, COL_CONTIGUOUS, other).to(tl.float32)
+
+
+@triton.jit
 def _digit_counts(
     base,
     cols,
@@ -373,9 +382,7 @@ def _softmax_and_candidates(
     candidates_ptr = (buffer_ptr + DEPTH * LANES).to(tl.pointer_type(tl.float32), bitcast=True)
     # hi > -inf here (below[j + 1] > k >= 0 elements lie below it), so `z >= hi` keeps -inf out; out-of-row elements
     # read as NaN, which no comparison passes.
-    edge_tile = tl.arange(0, 2)[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
-    edge_cols, edge = _edge_columns(edge_tile, head, n, tail, LANE_WIDTH)
-    edge_z = _load_row_block(base, edge_cols, edge, stride_col, COL_CONTIGUOUS, float("nan")).to(tl.float32)
+    edge_z = _edge_tile(base, head, n, tail, stride_col, float("nan"), COL_CONTIGUOUS, LANE_WIDTH)
     edge_total, edge_weighted = _kept_terms(edge_z, hi, row_max)  # the weighted sums in log2 units
     dense = _pack_candidates(candidates_ptr, n * 0, edge_z, lo, hi)
     lane_total = tl.zeros([LANES], dtype=tl.float32)
@@ -557,9 +564,7 @@ def _clamped_entropy_forward_kernel(
         p5 = tl.max(tl.where(index == 5, pivots, neg_inf), 0)
         p6 = tl.max(tl.where(index == 6, pivots, neg_inf), 0)
         p7 = tl.max(tl.where(index == 7, pivots, neg_inf), 0)
-        edge_tile = tl.arange(0, 2)[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
-        edge_cols, edge = _edge_columns(edge_tile, head, n, tail, LANE_WIDTH)
-        edge_z = _load_row_block(base, edge_cols, edge, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+        edge_z = _edge_tile(base, head, n, tail, stride_col, neg_inf, COL_CONTIGUOUS, LANE_WIDTH)
         edge_max, e0, e1, e2, e3, e4, e5, e6, e7 = _pivot_counts(edge_z, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS)
         lane_max = tl.full([LANES], neg_inf, dtype=tl.float32)
         c0 = tl.zeros([LANES], dtype=tl.float32)
