@@ -7,6 +7,7 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
 from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.kept import KEPT_RULES, KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
 
@@ -16,8 +17,11 @@ __all__ = [
     "AdaptiveCoefficient",
     "ConstantCoefficient",
     "IMPLEMENTATIONS",
+    "KEPT_RULES",
+    "KeptSet",
     "LOSS_AGG_MODES",
     "aggregate",
+    "as_kept",
     "build_coefficient",
     "clamped_entropy",
     "coefficient_from_state",

@@ -18,6 +18,8 @@ __all__ = [
     "check_clamp_p",
     "check_nonnegative",
     "check_steps",
+    "check_top_k",
+    "check_top_p",
     "finite_number",
 ]
 
@@ -43,6 +45,25 @@ def check_clamp_p(name: str, value: Any) -> float:
         raise ValueError(
             f"{name} must be a number in [0, 1) (the fraction of lowest-logit tokens removed; the paper uses "
             f"0.25-0.33; 0 is the plain entropy), got {value!r}"
+        )
+    return float(value)
+
+
+def check_top_k(name: str, value: Any) -> int:
+    """The number of highest logits a top-k kept set keeps: an integer ``>= 1`` (``>= V`` keeps every token)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{name} must be an integer >= 1 (the number of highest-logit tokens kept; TRE uses 2), got {value!r}"
+        )
+    return int(value)
+
+
+def check_top_p(name: str, value: Any) -> float:
+    """The probability mass a nucleus kept set reaches: a number in ``(0, 1]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(
+            f"{name} must be a number in (0, 1] (the probability mass of the kept nucleus; TRE uses 0.99; 1 keeps "
+            f"every token with non-zero probability), got {value!r}"
         )
     return float(value)
 
