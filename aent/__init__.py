@@ -7,6 +7,7 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
 from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.fused import linear_logprobs_and_clamped_entropy
 from aent.kept import KEPT_RULES, KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
@@ -28,6 +29,7 @@ __all__ = [
     "entropy",
     "entropy_bonus",
     "grpo_advantages",
+    "linear_logprobs_and_clamped_entropy",
     "logprobs_and_clamped_entropy",
     "num_removed",
     "__version__",
