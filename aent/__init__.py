@@ -6,7 +6,15 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
-from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.entropy import (
+    IMPLEMENTATIONS,
+    clamped_entropy,
+    entropy,
+    nucleus_entropy,
+    num_removed,
+    restricted_entropy,
+    topk_entropy,
+)
 from aent.fused import linear_logprobs_and_clamped_entropy
 from aent.kept import KEPT_RULES, KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
@@ -31,6 +39,9 @@ __all__ = [
     "grpo_advantages",
     "linear_logprobs_and_clamped_entropy",
     "logprobs_and_clamped_entropy",
+    "nucleus_entropy",
     "num_removed",
+    "restricted_entropy",
+    "topk_entropy",
     "__version__",
 ]

@@ -9,7 +9,7 @@ weight's gradients. No ``[rows x V]`` tensor outlives a chunk: the extra memory 
 number of rows, plus the weight's gradient itself.
 
 On CUDA each chunk's entropy goes through the fused Triton kernel (``impl="auto"``), elsewhere through the chunked
-torch path; the semantics are :func:`aent.clamped_entropy`'s (kept set, ties, ``-inf`` columns, float32 compute).
+torch path; the semantics are :func:`aent.restricted_entropy`'s (every kept-set rule, ties, float32 compute).
 """
 
 from __future__ import annotations
@@ -32,13 +32,6 @@ _CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
 def _default_chunk_size(rows: int, vocab: int, device: torch.device) -> int:
     budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"])
     return max(1, min(max(rows, 1), budget // max(vocab, 1)))
-
-
-def _inner_kept(kept: KeptSet):
-    """The kept-set argument :func:`aent.logprobs_and_clamped_entropy` takes."""
-    if kept.rule != "bottom_p":
-        raise ValueError(f"kept-set rule {kept.rule!r} is not available to logprobs_and_clamped_entropy yet")
-    return kept.value
 
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -118,14 +111,14 @@ def linear_logprobs_and_clamped_entropy(
         hidden: ``(..., H)`` last hidden states (float32, bfloat16, float16 or float64).
         weight: ``(V, H)`` output layer weight (``lm_head.weight``), same dtype and device as ``hidden``.
         labels: ``hidden.shape[:-1]`` integer tensor: the token whose log-probability each row gives.
-        kept: which tokens the entropy keeps: an :class:`aent.KeptSet`, or a number = the removed fraction
-            ``clamp_p`` of the paper's rule (``KeptSet.bottom_p``).
+        kept: which tokens the entropy keeps: an :class:`aent.KeptSet` (any rule of :data:`aent.KEPT_RULES`), or a
+            number = the removed fraction ``clamp_p`` of the paper's rule (``KeptSet.bottom_p``).
         temperature: the logits are divided by it (a positive number), as the rollout sampled them.
         row_mask: optional bool tensor of shape ``hidden.shape[:-1]``: rows where it is False are neither computed nor
             read; both outputs and both gradients are 0 there. Use it to skip prompt and padding positions.
         chunk_size: rows whose logits exist at once (``None``: about 32 MiB of float32 logits on a CPU, 256 MiB on a
             GPU). The extra memory of forward and backward is a few times ``chunk_size x V`` floats.
-        impl: implementation of the entropy part (see :func:`aent.clamped_entropy`).
+        impl: implementation of the entropy part (see :func:`aent.restricted_entropy`).
         check_finite: raise ``ValueError`` when a computed row's logits hold NaN or ``+inf`` (a NaN/``+inf`` hidden
             state gives such logits); with ``False`` those rows give NaN, for training loops that count them.
 
@@ -134,7 +127,6 @@ def linear_logprobs_and_clamped_entropy(
         returns the gradients of ``hidden`` and ``weight`` in their dtypes, each chunk's logits computed again.
     """
     kept = as_kept(kept, "kept")
-    inner = _inner_kept(kept)
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
@@ -187,7 +179,7 @@ def linear_logprobs_and_clamped_entropy(
         compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         zero = zero.to(compute)
         return zero.reshape(lead), zero.clone().reshape(lead)
-    logp, ent = _LinearLogprobsAndEntropy.apply(hidden2d, weight, labels1d, rows, inner, float(temperature), size, impl)
+    logp, ent = _LinearLogprobsAndEntropy.apply(hidden2d, weight, labels1d, rows, kept, float(temperature), size, impl)
     if check_finite:
         sel = ent if rows is None else ent.index_select(0, rows)
         bad = int((~torch.isfinite(sel)).sum())
