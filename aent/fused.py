@@ -174,10 +174,9 @@ def linear_logprobs_and_clamped_entropy(
         if low < 0 or high >= vocab:
             raise ValueError(f"labels must lie in [0, {vocab}) (weight.shape[0]), got values in [{low}, {high}]")
     size = chunk_size or _default_chunk_size(n_rows, vocab, hidden.device)
-    if n_rows == 0:  # nothing computed: constant zeros that still take part in the graph
-        zero = hidden2d.sum(-1) * 0 + (weight.sum() * 0)
+    if n_rows == 0:  # nothing computed: zeros that take part in the graph without reading any value
         compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        zero = zero.to(compute)
+        zero = hidden2d.new_zeros(hidden2d.shape[0], dtype=compute) + (hidden2d[:0].sum() + weight[:0].sum())
         return zero.reshape(lead), zero.clone().reshape(lead)
     logp, ent = _LinearLogprobsAndEntropy.apply(hidden2d, weight, labels1d, rows, kept, float(temperature), size, impl)
     if check_finite:

@@ -122,6 +122,7 @@ def test_rows_outside_the_mask_are_not_read():
 
 def test_empty_mask_gives_zeros_and_zero_gradients():
     hidden, weight, labels, _ = _inputs((5,), 4, 30, torch.float32)
+    hidden[1] = float("nan")  # not read
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
     lp, ent = aent.linear_logprobs_and_clamped_entropy(h, w, labels, 0.3, row_mask=torch.zeros(5, dtype=torch.bool))
