@@ -18,21 +18,12 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from aent.entropy import _chunks
+from aent.entropy import _chunks, _default_chunk_size
 from aent.kept import KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
 from aent.validate import check_chunk_size
 
 __all__ = ["linear_logprobs_and_clamped_entropy"]
-
-# Elements of one chunk's logits (float32): the backward holds about three tensors of this size at once.
-_CHUNK_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 26}
-
-
-def _default_chunk_size(rows: int, vocab: int, device: torch.device) -> int:
-    budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS["cuda"])
-    return max(1, min(max(rows, 1), budget // max(vocab, 1)))
-
 
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
     # the same two operations, in the same order, as the logits a trainer would build: hidden @ W.T, then / T
@@ -116,8 +107,9 @@ def linear_logprobs_and_clamped_entropy(
         temperature: the logits are divided by it (a positive number), as the rollout sampled them.
         row_mask: optional bool tensor of shape ``hidden.shape[:-1]``: rows where it is False are neither computed nor
             read; both outputs and both gradients are 0 there. Use it to skip prompt and padding positions.
-        chunk_size: rows whose logits exist at once (``None``: about 32 MiB of float32 logits on a CPU, 256 MiB on a
-            GPU). The extra memory of forward and backward is a few times ``chunk_size x V`` floats.
+        chunk_size: rows whose logits exist at once (``None``: the entropy's own chunk, about 16 MiB of float32
+            logits on a CPU, 128 MiB on a GPU). The extra memory of forward and backward is a few times
+            ``chunk_size x V`` floats.
         impl: implementation of the entropy part (see :func:`aent.restricted_entropy`).
         check_finite: raise ``ValueError`` when a computed row's logits hold NaN or ``+inf`` (a NaN/``+inf`` hidden
             state gives such logits); with ``False`` those rows give NaN, for training loops that count them.
@@ -173,7 +165,7 @@ def linear_logprobs_and_clamped_entropy(
         low, high = int(picked.min()), int(picked.max())
         if low < 0 or high >= vocab:
             raise ValueError(f"labels must lie in [0, {vocab}) (weight.shape[0]), got values in [{low}, {high}]")
-    size = chunk_size or _default_chunk_size(n_rows, vocab, hidden.device)
+    size = chunk_size or _default_chunk_size(max(n_rows, 1), vocab, hidden.device)
     if n_rows == 0:  # nothing computed: zeros that take part in the graph without reading any value
         compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         zero = hidden2d.new_zeros(hidden2d.shape[0], dtype=compute) + (hidden2d[:0].sum() + weight[:0].sum())
