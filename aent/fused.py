@@ -25,6 +25,7 @@ from aent.validate import check_chunk_size
 
 __all__ = ["linear_logprobs_and_clamped_entropy"]
 
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
     # the same two operations, in the same order, as the logits a trainer would build: hidden @ W.T, then / T
     logits = torch.matmul(hidden, weight.t())
