@@ -68,7 +68,9 @@ class _LinearLogprobsAndEntropy(torch.autograd.Function):
             leaf = z.requires_grad_(True)
             with torch.enable_grad():
                 lp, e = logprobs_and_clamped_entropy(leaf, labels[part], kept, impl=impl, check_finite=False)
-                (grad_z,) = torch.autograd.grad((lp, e), leaf, (grad_logp[part].to(lp.dtype), grad_ent[part]))
+                (grad_z,) = torch.autograd.grad(
+                    (lp, e), leaf, (grad_logp[part].to(lp.dtype), grad_ent[part].to(e.dtype))
+                )
             del z, leaf, lp, e
             if temperature != 1.0:
                 grad_z = grad_z.div_(temperature)

@@ -130,8 +130,9 @@ def test_empty_mask_gives_zeros_and_zero_gradients():
     assert torch.all(lp == 0) and torch.all(ent == 0) and torch.all(h.grad == 0) and torch.all(w.grad == 0)
 
 
-def test_only_one_output_used_still_gives_its_gradient():
-    hidden, weight, labels, mask = _inputs((8,), 5, 21, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_only_one_output_used_still_gives_its_gradient(dtype):
+    hidden, weight, labels, mask = _inputs((8,), 5, 21, dtype)
     for pick in (0, 1):
         h = hidden.clone().requires_grad_(True)
         out = aent.linear_logprobs_and_clamped_entropy(h, weight, labels, 0.3, row_mask=mask)
