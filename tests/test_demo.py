@@ -11,9 +11,10 @@ import os
 
 import pytest
 import torch
+from aent_test_support.deps import require
 
-pytest.importorskip("transformers")
-pytest.importorskip("math_verify")
+require("transformers", "verl")
+require("math_verify", "math")
 
 import aent  # noqa: E402
 from aent.experiments import demo  # noqa: E402

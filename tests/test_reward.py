@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from aent_test_support.deps import require
 
-if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it here would defeat the lightness checks
-    pytest.skip("math-verify is not installed (pip install 'aent[math]')", allow_module_level=True)
+require("math_verify", "math", find_only=True)  # find_only: importing it here would defeat the lightness checks
 
 import aent.reward as reward  # noqa: E402
 from aent.reward import compute_score  # noqa: E402
@@ -266,8 +265,8 @@ def test_format_penalty_and_kwargs():
 
 def _verl_reward_fn(name, reward_kwargs):
     """The reward function verl 0.9 loads for reward.custom_reward_function.path=pkg://aent.reward and ``name``."""
-    omegaconf = pytest.importorskip("omegaconf")
-    verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
+    omegaconf = require("omegaconf", "verl")
+    verl_reward = require("verl.trainer.ppo.reward", "verl")
     cfg = omegaconf.OmegaConf.create(
         {
             "reward": {
@@ -306,7 +305,7 @@ def test_async_entry_point_through_verl():
 def test_bad_ground_truth_reaches_verl_validation_metrics():
     """verl 0.9 turns every numeric key of the result into a validation metric per data source
     (val-aux/<data_source>/bad_ground_truth/mean@N); string keys such as reason are skipped."""
-    metric_utils = pytest.importorskip("verl.trainer.ppo.metric_utils")
+    metric_utils = require("verl.trainer.ppo.metric_utils", "verl")
     rows = [(MATH, r"\boxed{3}", "3"), (MATH, r"\boxed{3}", None), (MATH, r"\boxed{4}", "3"), (MATH, r"\boxed{3}", "")]
     results = [compute_score(*row) for row in rows]
     infos = {key: [r[key] for r in results] for key in results[0]}

@@ -19,9 +19,10 @@ import sys
 import tempfile
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
-pytest.importorskip("transformers")
+require("verl", "verl")
+require("transformers", "verl")
 
 MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 COEF = 0.5

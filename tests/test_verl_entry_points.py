@@ -23,8 +23,9 @@ import subprocess
 import sys
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MAIN_PPO = "verl.trainer.main_ppo"

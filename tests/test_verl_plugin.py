@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 CHECK = (
     "import sys, verl\n"
@@ -62,7 +63,7 @@ def test_plugins_disabled_leaves_verl_alone():
 
 
 def test_mode_is_available_in_a_ray_worker():
-    ray = pytest.importorskip("ray")
+    ray = require("ray", "verl")
     try:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     except Exception as err:  # pragma: no cover - depends on the machine

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
-hydra = pytest.importorskip("hydra")
+require("verl", "verl")
+hydra = require("hydra", "verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

@@ -11,8 +11,9 @@ import os
 import pickle
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
