@@ -263,6 +263,43 @@ def test_format_penalty_and_kwargs():
         compute_score(MATH, r"\boxed{3}", "3", timeout=0)
 
 
+def test_unknown_keyword_arguments_are_refused_with_the_known_ones():
+    """reward_kwargs.timout=10 (a typo) must not do nothing silently."""
+    for call in (
+        lambda: compute_score(MATH, r"\boxed{3}", "3", timout=10),
+        lambda: reward.compute_score_batch([MATH], [r"\boxed{3}"], ["3"], timout=10),
+        lambda: asyncio.run(reward.compute_score_async(MATH, r"\boxed{3}", "3", timout=10)),
+    ):
+        with pytest.raises(TypeError) as info:
+            call()
+        msg = str(info.value)
+        assert "['timout']" in msg and "timeout" in msg and "format_penalty" in msg and "reward_router_address" in msg
+    # what verl's reward managers pass with a reward model is accepted
+    assert compute_score(MATH, r"\boxed{3}", "3", reward_router_address="x", reward_model_tokenizer=None)["acc"]
+
+
+@pytest.mark.parametrize("name", ["AENT_REWARD_TIMEOUT", "AENT_REWARD_STARTUP_TIMEOUT"])
+def test_malformed_reward_environment_variables_name_the_variable(name, monkeypatch):
+    # importing the reward with a malformed value works (it is read where it is used) ...
+    env = dict(__import__("os").environ, **{name: "5s"})
+    proc = subprocess.run([sys.executable, "-c", "import aent.reward"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # ... and its use names it
+    from aent.reward.pool import env_seconds
+
+    for bad in ("5s", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"environment variable {name} must be a number of seconds > 0"):
+            env_seconds(name, 1.0)
+    monkeypatch.setenv("AENT_REWARD_TIMEOUT", "5s")
+    with pytest.raises(ValueError, match="AENT_REWARD_TIMEOUT"):
+        compute_score(MATH, r"\boxed{3}", "4")
+    monkeypatch.setenv(name, "2.5")
+    assert env_seconds(name, 1.0) == 2.5
+    monkeypatch.delenv(name)
+    assert env_seconds(name, 1.0) == 1.0
+
+
 def _verl_reward_fn(name, reward_kwargs):
     """The reward function verl 0.9 loads for reward.custom_reward_function.path=pkg://aent.reward and ``name``."""
     omegaconf = require("omegaconf", "verl")
