@@ -1,4 +1,4 @@
-"""Full-vocabulary and clamped entropy of softmax policies (SPEC section 1).
+"""Full-vocabulary and clamped entropy of softmax policies (docs/METHOD.md, "Clamped entropy").
 
 One public entry point, :func:`clamped_entropy`, with interchangeable implementations:
 
@@ -36,7 +36,7 @@ _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
 def num_removed(vocab_size: int, clamp_p: float) -> int:
-    """Number of lowest-logit tokens removed from a row: ``floor(clamp_p * vocab_size)`` (SPEC section 1).
+    """Number of lowest-logit tokens removed from a row: ``floor(clamp_p * vocab_size)`` (docs/METHOD.md, "Clamped entropy").
 
     The product is taken in float64, exactly as written: ``clamp_p=0.29, vocab_size=100`` removes 28 tokens because
     the binary value of 0.29 is slightly below 0.29. At real vocabulary sizes this is at most one token.
@@ -331,7 +331,7 @@ def clamped_entropy(
     check_finite: bool = True,
     row_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-row clamped entropy in nats (SPEC section 1; AEnt, arXiv 2509.03493, section 3).
+    """Per-row clamped entropy in nats (docs/METHOD.md; AEnt, arXiv 2509.03493, section 3).
 
     For each row of temperature-scaled ``logits`` (vocabulary = last dimension, ``V`` entries), the
     ``k = floor(clamp_p * V)`` lowest logits are removed and the entropy of the softmax renormalised over the kept

@@ -72,31 +72,14 @@ def test_setting_a_recipes_share_data_and_hyperparameters(recipes):
 
 
 def test_aent_recipes_carry_the_paper_settings(recipes):
+    from aent.settings import OPTION_NAMES, SETTING_A, SETTING_B
     from aent.verl.checks import check_config
 
     a = check_config(recipes["aent_grpo_math"])
-    assert (a.clamp_p, a.coef_init, a.entropy_low, a.entropy_high, a.lr, a.coef_min, a.coef_max, a.warmup_steps) == (
-        0.33,
-        0.002,
-        0.15,
-        0.24,
-        0.002,
-        6e-4,
-        9e-3,
-        30,
-    )
+    assert {name: getattr(a, name) for name in OPTION_NAMES} == dict(SETTING_A)
     assert a.adaptive
     b = check_config(recipes["aent_grpo_openr1"])
-    assert (b.clamp_p, b.coef_init, b.entropy_low, b.entropy_high, b.lr, b.coef_min, b.coef_max, b.warmup_steps) == (
-        0.25,
-        3e-4,
-        0.35,
-        0.62,
-        1e-4,
-        4e-5,
-        1e-3,
-        156,
-    )
+    assert {name: getattr(b, name) for name in OPTION_NAMES} == dict(SETTING_B)
     cfg_b = recipes["aent_grpo_openr1"]
     assert (cfg_b.data.train_batch_size, cfg_b.actor_rollout_ref.rollout.n, cfg_b.data.max_response_length) == (
         256,
