@@ -19,10 +19,12 @@ import sys
 import tempfile
 
 import pytest
-from aent_test_support.deps import require
 
-require("verl", "verl")
-require("transformers", "verl")
+if __name__ != "__main__":  # under pytest (the engine subprocess runs this file as a script, with its own path)
+    from aent_test_support.deps import require
+
+    require("verl", "verl")
+    require("transformers", "verl")
 
 MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 COEF = 0.5
