@@ -74,6 +74,22 @@ CASES = [
     ),
     ("main_ppo:plain_grpo", MAIN_PPO, [f"--config-path={CONFIG_DIR}", "--config-name=grpo_math"], "runs"),
     (
+        "main_ppo:loss_mode=aent",
+        MAIN_PPO,
+        [
+            f"--config-path={CONFIG_DIR}",
+            "--config-name=grpo_math",
+            "actor_rollout_ref.actor.policy_loss.loss_mode=aent",
+        ],
+        "runs",
+    ),
+    (
+        "one_step_off:loss_mode=aent",
+        ONE_STEP_OFF,
+        ["actor_rollout_ref.actor.policy_loss.loss_mode=aent"],
+        ["verl.experimental.one_step_off_policy.main_ppo", "does not run AEnt"],
+    ),
+    (
         "one_step_off:aent_block",
         ONE_STEP_OFF,
         ["+aent.clamp_p=0.3"],
