@@ -87,7 +87,7 @@ CASES = [
         "one_step_off:loss_mode=aent",
         ONE_STEP_OFF,
         ["actor_rollout_ref.actor.policy_loss.loss_mode=aent"],
-        ["verl.experimental.one_step_off_policy.main_ppo", "does not run AEnt"],
+        ["verl.experimental.one_step_off_policy.main_ppo", "does not run AEnt", "policy_loss.loss_mode=aent"],
     ),
     (
         "one_step_off:aent_block",

@@ -19,10 +19,12 @@ __all__ = [
     "ENTRY_POINTS",
     "TRAINER_MODE",
     "LOSS_MODE",
+    "REQUEST_KEY",
     "StartupError",
     "apply_loss_mode",
     "check_config",
     "check_start",
+    "record_request",
     "selects_aent",
     "wants_aent",
 ]
@@ -126,9 +128,13 @@ def check_start(config: Any, task_runner: str = "TaskRunnerV1") -> Optional[AEnt
     """
     if not wants_aent(config):
         return None
+    by_loss_mode = _select(config, _LOSS_MODE_KEY) == LOSS_MODE
     apply_loss_mode(config)
     mode = _select(config, "trainer.v1.trainer_mode")
-    asked = f"trainer.v1.trainer_mode={mode}" if selects_aent(config) else "an aent: block"
+    if by_loss_mode:
+        asked = f"{_LOSS_MODE_KEY}=aent"
+    else:
+        asked = f"trainer.v1.trainer_mode={mode}" if selects_aent(config) else "an aent: block"
     if task_runner in ("OneStepTaskRunner", "FullyAsyncTaskRunner"):
         raise StartupError(
             f"verl's entry point '{ENTRY_POINTS[task_runner]}' does not run AEnt (it never reads "
