@@ -17,8 +17,11 @@ import tempfile
 
 import pytest
 
-pytest.importorskip("verl")
-pytest.importorskip("transformers")
+if __name__ != "__main__":  # under pytest (the engine subprocess runs this file as a script, with its own path)
+    from aent_test_support.deps import require
+
+    require("verl", "verl")
+    require("transformers", "verl")
 
 COEF = 0.5
 CLAMP_P = 0.3
@@ -130,7 +133,7 @@ def run_checks(out_path: str) -> None:
     plain_f = train(fused, plain_loss, {"calculate_entropy": False}, True)
     aent_f_split = train(fused, make_aent_loss(actor_config(), CLAMP_P), aent_step_flags(COEF, fused=True), True, 4)
 
-    keys = ("actor/aent_entropy_sum", "actor/aent_num_tokens", "actor/aent_clamped_entropy", "actor/pg_loss")
+    keys = ("actor/aent_entropy_sum", "actor/aent_num_tokens", "actor/aent_nonfinite_tokens", "actor/pg_loss")
     results.update(
         forward_wrapped=getattr(type(fused.module).forward, "_aent_serves", None) is not None,
         forward_was_verls=model_forward.__name__,
