@@ -93,8 +93,9 @@ def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype 
         if device.type == "cuda":
             from aent import ops
 
-            # float64 has no fused kernel; "auto" keeps it on the torch path rather than failing.
-            return "triton" if dtype in ops.FUSED_DTYPES and ops.triton_available() else "torch"
+            # float64 has no fused kernel; "auto" keeps it on the torch path rather than failing (as it does when the
+            # kernels do not load or failed their self-check on this device: aent.ops warns once).
+            return "triton" if ops.auto_uses_triton(dtype) else "torch"
         return "torch"
     return impl
 
@@ -377,7 +378,7 @@ def clamped_entropy(
     elif which == "triton":
         from aent import ops
 
-        ent = ops.clamped_entropy_triton(rows2d, k, row_mask=mask1d)
+        ent = ops.clamped_entropy_triton(rows2d, k, row_mask=mask1d, auto=ops.chosen_by_auto(impl))
     else:
         size = chunk_size or _default_chunk_size(rows2d.shape[0], vocab, logits.device)
         if rows2d.shape[0] == 0:

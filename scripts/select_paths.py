@@ -16,6 +16,7 @@ Examples::
 
     python scripts/select_paths.py                     # CPU (interpreter): 16 rows, fp32 and bf16, 4 values of p
     python scripts/select_paths.py --rows 4 --p 0.33   # a quick look
+    python scripts/select_paths.py --rows 8 --p 0.33 --top-k 1 2 64   # top-k's ranks: V - k removed
     python scripts/select_paths.py --device cuda --rows 4096
 """
 
@@ -84,11 +85,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=16, help="rows per setting (4 distributions in turn)")
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--p", type=float, nargs="+", default=[0.1, 0.33, 0.6, 0.9], help="clamp p values")
+    parser.add_argument(
+        "--top-k", type=int, nargs="+", default=[], help="also top-k ranks (k kept: V - k removed), e.g. 1 2 64"
+    )
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.rows < 1 or args.vocab < 2:
         raise SystemExit("--rows must be >= 1 and --vocab >= 2")
+    if any(k < 1 for k in args.top_k):
+        raise SystemExit(f"--top-k values must be >= 1, got {args.top_k}")
     if any(not 0 < p < 1 for p in args.p):
         raise SystemExit(f"--p values must lie in (0, 1), got {args.p}")
 
@@ -110,8 +116,12 @@ def main(argv=None) -> int:
     failures = 0
     for name in args.dtypes:
         x = logits.to(dtypes[name]).to(args.device)
-        for p in args.p:
-            k = aent.num_removed(args.vocab, p)
+        # (label, removed tokens, clamp p of the reference: (k + 0.5) / V removes exactly k)
+        settings = [(f"{p:<4}", aent.num_removed(args.vocab, p), p) for p in args.p]
+        settings += [
+            (f"k={k}", max(args.vocab - k, 0), (max(args.vocab - k, 0) + 0.5) / args.vocab) for k in args.top_k
+        ]
+        for label, k, p in settings:
             passes = kernels.forward_passes(x, k).cpu()
             with torch.no_grad():
                 ent = kernels.clamped_entropy_rows(x, k).cpu().double()
@@ -120,7 +130,7 @@ def main(argv=None) -> int:
             failures += error > 1e-4
             slow = [f"{i} ({kinds[i % 4]}, {int(passes[i])} passes)" for i in range(args.rows) if passes[i] != 2]
             print(
-                f"{name:5}  {p:<4}  {int((passes == 2).sum()):>7} of {args.rows:<6}  {', '.join(slow) or '-':40}  "
+                f"{name:5}  {label}  {int((passes == 2).sum()):>7} of {args.rows:<6}  {', '.join(slow) or '-':40}  "
                 f"{error:.1e}"
             )
     if failures:
