@@ -165,7 +165,7 @@ def test_loss_is_installed_once_after_init(tmp_path):
     trainer.on_init_end()
     (loss_fn,) = trainer.actor_rollout_wg.loss_fns
     assert isinstance(loss_fn, AEntPolicyLoss)
-    assert loss_fn.clamp_p == 0.33 and loss_fn.chunk_size == 64
+    assert loss_fn.kept == aent.KeptSet.bottom_p(0.33) and loss_fn.chunk_size == 64
     assert loss_fn.actor_config.loss_agg_mode == "token-mean" and loss_fn.actor_config.entropy_coeff == 0
     assert trainer.checkpoint_manager.updated == [1]  # verl's sync on_init_end still runs
 
