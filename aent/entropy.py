@@ -216,44 +216,72 @@ def _row_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(z, vocab - k, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
 
 
-#: Candidates the nucleus threshold first looks for the crossing among (the largest logits, sorted); rows whose
-#: nucleus is larger look again among 8x as many, up to the whole row.
+#: The nucleus threshold looks for the crossing first among this many largest logits of each row (enough for the
+#: peaked distributions of trained models) ...
 _NUCLEUS_CANDIDATES = 256
+#: ... and then in a histogram of the probability mass over this many buckets of the logit's distance from the row
+#: maximum, the last bucket holding everything at or beyond ``_NUCLEUS_RANGE`` nats.
+_NUCLEUS_BUCKETS = 1024
+_NUCLEUS_RANGE = 32.0
+
+
+def _first_reached(mass: torch.Tensor, target: torch.Tensor):
+    """Per row of the cumulative ``mass``: whether it reaches ``target`` and the first position where it does."""
+    reached = mass >= target.unsqueeze(-1)
+    return reached.any(dim=-1), reached.to(torch.int8).argmax(dim=-1, keepdim=True)
 
 
 def _nucleus_threshold(z: torch.Tensor, top_p: float) -> torch.Tensor:
     """Per row of a 2-D ``z`` the logit ``t`` at which the descending cumulative probability first reaches ``top_p``
     (the kept set is ``z >= t``), or -inf where every token is kept.
 
-    The row's total mass is one pass over the row (summed in float64); the crossing is searched among the largest
-    ``_NUCLEUS_CANDIDATES`` logits, sorted, with their cumulative mass in float64 so that the crossing agrees with
-    the float64 definition; rows whose crossing lies further down search again among eight times as many candidates.
-    Exact (no cap on the nucleus): the last search is a sort of the whole row. Rows with NaN/+inf or no finite logit
-    get -inf (the careful path gives them NaN or 0).
+    Exact, with no cap on the nucleus (up to the float32 rounding of the row's mass, ~1e-7 of it). The crossing is
+    found among the largest ``_NUCLEUS_CANDIDATES`` logits, sorted, and for rows whose nucleus is larger in a
+    histogram of the mass by logit (one pass), whose crossing bucket alone is then sorted. Cumulative masses within a
+    row are float64 sums of the same float32 weights ``exp(z - max)``. Rows with NaN/+inf or no finite logit get -inf (the
+    careful path gives them NaN or 0); a row whose crossing rounding hides in its bucket is sorted whole.
     """
     rows, vocab = z.shape
     row_max = z.amax(dim=-1)
-    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).unsqueeze(-1)
-    target = torch.exp(z - shift).sum(dim=-1, dtype=torch.float64).mul_(top_p)
+    good = torch.isfinite(row_max)
+    shift = torch.where(good, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
+    weights = torch.exp(z - shift)
+    target = weights.sum(dim=-1).to(torch.float64).mul_(top_p)
     threshold = z.new_full((rows,), float("-inf"))
-    todo = torch.arange(rows, device=z.device)
-    size = min(vocab, _NUCLEUS_CANDIDATES)
-    while todo.numel():
-        part = z.index_select(0, todo)
-        if size < vocab:
-            values = torch.topk(part, size, dim=-1, largest=True, sorted=True).values
-        else:
-            values = torch.sort(part, dim=-1, descending=True).values
-        mass = torch.exp(values.to(torch.float64) - shift[todo].to(torch.float64)).cumsum_(dim=-1)
-        reached = mass >= target[todo].unsqueeze(-1)
-        found = reached.any(dim=-1)
-        at = reached.to(torch.int8).argmax(dim=-1, keepdim=True)  # the first position that reaches top_p
-        crossed = values.gather(1, at).squeeze(1)
-        threshold[todo[found]] = crossed[found]
-        if size == vocab:  # not reached in the whole row (rounding just below 1, NaN): keep every finite token
-            break
-        todo = todo[~found]
-        size = min(vocab, size * 8)
+    # 1. the largest logits
+    values, index = torch.topk(z, min(vocab, _NUCLEUS_CANDIDATES), dim=-1, largest=True, sorted=True)
+    found, at = _first_reached(weights.gather(1, index).to(torch.float64).cumsum_(dim=-1), target)
+    found &= good
+    threshold[found] = values.gather(1, at).squeeze(1)[found]
+    todo = (~found & good).nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return threshold
+    # 2. the mass histogram by distance from the row maximum, then the crossing bucket sorted
+    if todo.numel() == rows:
+        zt, wt, tt, st = z, weights, target, shift
+    else:
+        zt, wt, tt, st = (t.index_select(0, todo) for t in (z, weights, target, shift))
+    bucket = torch.sub(st, zt).mul_(_NUCLEUS_BUCKETS / _NUCLEUS_RANGE).clamp_(0, _NUCLEUS_BUCKETS - 1)
+    bucket = bucket.to(torch.int64)
+    hist = torch.zeros(todo.numel(), _NUCLEUS_BUCKETS, dtype=wt.dtype, device=z.device).scatter_add_(1, bucket, wt)
+    cum = hist.to(torch.float64).cumsum_(dim=-1)
+    crossing = (cum < tt.unsqueeze(-1)).sum(dim=-1).clamp_(max=_NUCLEUS_BUCKETS - 1)
+    above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    inside = bucket == crossing.unsqueeze(-1)
+    del bucket
+    count = int(inside.sum(dim=-1).max())
+    values, index = torch.topk(zt.masked_fill(~inside, float("-inf")), count, dim=-1, largest=True, sorted=True)
+    del inside
+    mass = wt.gather(1, index).to(torch.float64).cumsum_(dim=-1).add_(above.unsqueeze(-1))
+    found, at = _first_reached(mass, tt)
+    threshold[todo[found]] = values.gather(1, at).squeeze(1)[found]
+    rest = todo[~found]
+    if rest.numel():  # 3. rounding kept the crossing out of its bucket: the whole row, sorted
+        values, index = torch.sort(z.index_select(0, rest), dim=-1, descending=True)
+        cumulative = weights.index_select(0, rest).gather(1, index).to(torch.float64).cumsum_(dim=-1)
+        found, at = _first_reached(cumulative, target[rest])
+        # not reached in the whole row (rounding just below 1): every finite token is kept
+        threshold[rest[found]] = values.gather(1, at).squeeze(1)[found]
     return threshold
 
 

@@ -4,6 +4,7 @@ finite logit and row_mask. The rules and implementations come from tests/rules.p
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -164,10 +165,22 @@ def test_hand_computed_nucleus():
     assert aent.topk_entropy(z, 2).item() == pytest.approx(float(-(q * q.log()).sum()), abs=1e-6)
 
 
-def test_nucleus_larger_than_the_first_candidates():
-    """A flat row whose nucleus holds thousands of tokens: the candidate search widens until it is exact."""
-    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(17)) * 0.1
-    _check(x, aent.KeptSet.top_p(0.99), "torch")
+@pytest.mark.parametrize(
+    "candidates, buckets, span",
+    [(256, 1024, 32.0), (1, 1024, 32.0), (1, 3, 0.5), (1, 1, 1.0)],
+    ids=["defaults", "histogram", "coarse-histogram", "one-bucket"],
+)
+@pytest.mark.parametrize("top_p", [0.3, 0.99])
+def test_nucleus_threshold_search_is_exact_on_every_path(monkeypatch, candidates, buckets, span, top_p):
+    """Nuclei larger than the first candidates are found in the mass histogram, whatever its resolution."""
+    entropy_module = importlib.import_module("aent.entropy")
+    monkeypatch.setattr(entropy_module, "_NUCLEUS_CANDIDATES", candidates)
+    monkeypatch.setattr(entropy_module, "_NUCLEUS_BUCKETS", buckets)
+    monkeypatch.setattr(entropy_module, "_NUCLEUS_RANGE", span)
+    x = _logits((7, 2001), torch.float32, seed=17)
+    x[4] *= 0.03  # a flat row: a nucleus of about top_p * V tokens
+    x[5] = torch.round(x[5])  # ties everywhere
+    _check(x, aent.KeptSet.top_p(top_p), "torch")
 
 
 @pytest.mark.parametrize(
