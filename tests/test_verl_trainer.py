@@ -165,7 +165,7 @@ def test_loss_is_installed_once_after_init(tmp_path):
     trainer.on_init_end()
     (loss_fn,) = trainer.actor_rollout_wg.loss_fns
     assert isinstance(loss_fn, AEntPolicyLoss)
-    assert loss_fn.clamp_p == 0.33 and loss_fn.chunk_size == 64
+    assert loss_fn.kept == aent.KeptSet.bottom_p(0.33) and loss_fn.chunk_size == 64
     assert loss_fn.actor_config.loss_agg_mode == "token-mean" and loss_fn.actor_config.entropy_coeff == 0
     assert trainer.checkpoint_manager.updated == [1]  # verl's sync on_init_end still runs
 
@@ -184,7 +184,9 @@ def test_step_flags_and_controller_update(tmp_path, one_update_per_step, mode):
         for u in range(updates)
     ]
     trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), script)
-    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=0
+    )
     for step in range(1, len(per_step) + 1):
         trainer.global_steps = step
         metrics = {}
@@ -362,7 +364,9 @@ def test_ppo_with_a_critic_through_critic_warmup_and_an_aent_step(tmp_path):
     assert ("critic", 2) in calls
     (sent,) = trainer.actor_rollout_wg.update_batches
     assert sent["aent_coef"] == 0.002 and sent["distillation_use_topk"] is True
-    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=0
+    )
     reference.update(16.0 / 160.0, 2)
     assert metrics["actor/aent_clamped_entropy"] == pytest.approx(0.1, rel=1e-12)
     assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12) and reference.value > 0.002

@@ -107,9 +107,9 @@ def auto_uses_triton(dtype: torch.dtype, rule: str = "bottom_p") -> bool:
     unless Triton is simply not installed), and after a failed self-check in this process."""
     if dtype not in FUSED_DTYPES or rule not in FUSED_RULES or _AUTO_DISABLED is not None:
         return False
-    error = _load_error()
-    if error is not None:
-        if not _not_installed(error):
+    if not triton_available():
+        error = _load_error()
+        if error is not None and not _not_installed(error):
             _warn_once(
                 "load",
                 f"aent's fused Triton kernels do not load ({type(error).__name__}: {error}); impl='auto' takes the "
