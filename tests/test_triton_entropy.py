@@ -525,6 +525,11 @@ def _assert_nucleus_matches(kernels, logits, top_p, seed=0, **config):
     rtol, atol = TOLERANCES[logits.dtype]
     torch.testing.assert_close(grad.double(), ref_grad, rtol=rtol, atol=atol)
     assert not grad[~_nucleus_kept(logits, top_p)].any()  # exactly the kept set gets a gradient
+    y = logits.detach().clone().requires_grad_()
+    tor = aent.nucleus_entropy(y, top_p, impl="torch", check_finite=False)  # the torch path of the same rule
+    tor.backward(grad_out)
+    torch.testing.assert_close(ent, tor.detach(), rtol=2e-5, atol=2e-5, equal_nan=True)
+    torch.testing.assert_close(grad.double(), y.grad.double(), rtol=rtol, atol=atol)
     return ent, grad
 
 
@@ -835,17 +840,20 @@ def test_full_vocabulary_matches_torch_path_on_cuda(dtype, rows):
     logits = (torch.randn(rows, VOCAB_FULL, device="cuda", generator=gen) * 4).to(dtype)
     logits[:, -100:] = float("-inf")  # padded vocabulary
     grad_out = torch.randn(rows, device="cuda", generator=gen)
-    for clamp_p in (0.0, 0.33):
+    for clamp_p in (0.0, 0.33, aent.KeptSet.top_k(2), aent.KeptSet.top_p(0.99)):
         x = logits.clone().requires_grad_()
-        ent = aent.clamped_entropy(x, clamp_p, impl="triton")
+        ent = aent.restricted_entropy(x, clamp_p, impl="triton")
         ent.backward(grad_out)
         y = logits.clone().requires_grad_()
-        ref = aent.clamped_entropy(y, clamp_p, impl="torch")
+        ref = aent.restricted_entropy(y, clamp_p, impl="torch")
         ref.backward(grad_out)
         torch.testing.assert_close(ent, ref, rtol=1e-4, atol=1e-4)
         rtol, atol = TOLERANCES[dtype]
         torch.testing.assert_close(x.grad.float(), y.grad.float(), rtol=rtol, atol=atol)
         if rows <= 3:
-            ref64, ref64_grad = _reference(logits.cpu(), clamp_p, grad_out.cpu())
+            x64 = logits.cpu().double().requires_grad_()
+            ref64 = aent.restricted_entropy(x64, clamp_p, impl="reference", check_finite=False)
+            ref64.backward(grad_out.cpu().double())
+            ref64, ref64_grad = ref64.detach(), x64.grad
             torch.testing.assert_close(ent.cpu().double(), ref64, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(x.grad.cpu().double(), ref64_grad, rtol=rtol, atol=atol)
