@@ -235,7 +235,13 @@ def self_check(rows2d: torch.Tensor, row_mask, fused: Path, torch_path: Path, ru
     """Compare ``fused`` with ``torch_path`` (entropies and gradients) on a few rows of ``rows2d``: the first, middle
     and last computed rows, a tie-heavy copy of the first (rounded to integers: thousands of ties at the threshold,
     the exact fallback at real vocabulary sizes) and a row masked out by ``row_mask`` (filled with NaN: it must come
-    back 0 with a zero gradient). None when they agree within :data:`SELF_CHECK_TOLERANCE`, else what differs."""
+    back 0 with a zero gradient). None when they agree within :data:`SELF_CHECK_TOLERANCE`, else what differs.
+    Runs with autograd on whatever the caller's mode (``no_grad``, ``inference_mode``): the gradients are checked."""
+    with torch.inference_mode(False):
+        return _self_check(rows2d, row_mask, fused, torch_path, rule)
+
+
+def _self_check(rows2d, row_mask, fused: Path, torch_path: Path, rule) -> Optional[str]:
     with torch.no_grad():
         computed = torch.arange(rows2d.shape[0], device=rows2d.device)
         if row_mask is not None:
@@ -245,7 +251,7 @@ def self_check(rows2d: torch.Tensor, row_mask, fused: Path, torch_path: Path, ru
         picks = computed[torch.linspace(0, computed.numel() - 1, SELF_CHECK_ROWS, device=rows2d.device).long()]
         real = rows2d.index_select(0, picks.unique())
         tied = torch.round(real[:1].float()).to(rows2d.dtype)
-        rows = torch.cat([real, tied, torch.full_like(real[:1], float("nan"))])
+        rows = torch.cat([real, tied, torch.full_like(real[:1], float("nan"))]).clone()  # a normal tensor
         mask = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
         mask[-1] = False
         grad_out = torch.linspace(0.5, 1.5, rows.shape[0], device=rows.device)

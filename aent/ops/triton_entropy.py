@@ -1,4 +1,5 @@
-"""Fused Triton kernels for the clamped entropy (SPEC section 1; AEnt, arXiv 2509.03493, section 3).
+"""Fused Triton kernels for the restricted entropies: the rank rules (the clamp of SPEC section 1, AEnt, arXiv
+2509.03493, section 3; top_k) and the nucleus.
 
 Two launches per forward + backward, and only four float32 numbers per row kept in between:
 
@@ -28,6 +29,10 @@ Forward (one program per row)
     * A row with ``k = 0`` skips the selection: one pass (online max for the softmax sums).
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
+
+Nucleus (``top_p``, :func:`nucleus_entropy_rows`): the same statistics from :func:`_nucleus_entropy_forward_kernel`,
+which selects the threshold by probability mass (a max-and-sum pass, refinement passes that sum ``exp(z - max)`` and
+count elements per pivot, then pass 2 above choosing by mass); the backward above is shared.
 
 Rows where the optional ``row_mask`` is False are not read by either kernel: entropy 0, gradient row 0.
 
@@ -1092,6 +1097,46 @@ def _mass_pass(
 
 
 @triton.jit
+def _max_and_sum(
+    base,
+    head,
+    n,
+    end,
+    tail,
+    stride_col,
+    COL_CONTIGUOUS: tl.constexpr,
+    LANES: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
+):
+    """The nucleus kernel's first pass: the row's NaN-propagating maximum and the sum of ``exp(z - max)``. Read as
+    ``LANES`` runs of ``LANE_WIDTH`` elements (one vector load each, held by one thread); each lane keeps its own
+    maximum and sum, rescaled once per block rather than per element (one exponential per element)."""
+    neg_inf = float("-inf")
+    lanes = tl.arange(0, LANES)
+    tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    edge_z = _edge_tile(base, head, n, tail, stride_col, neg_inf, COL_CONTIGUOUS, LANE_WIDTH)
+    edge_max = _max_with_nan(edge_z)
+    edge_shift = tl.where(edge_max > neg_inf, edge_max, 0.0)
+    edge_sum = tl.sum(tl.math.exp2((edge_z - edge_shift[:, None]) * LOG2E), 1)
+    lane_max = tl.full([LANES], neg_inf, dtype=tl.float32)
+    lane_sum = tl.zeros([LANES], dtype=tl.float32)
+    for start in range(LANE_WIDTH, end, LANES * LANE_WIDTH):
+        cols = start + tile
+        z = _load_row_block(base, cols, cols < end, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+        new_max = _nan_max(lane_max, _max_with_nan(z))
+        shift = tl.where(new_max > neg_inf, new_max, 0.0)
+        rescale = tl.where(new_max == lane_max, 1.0, tl.math.exp2((lane_max - shift) * LOG2E))
+        lane_sum = lane_sum * rescale + tl.sum(tl.math.exp2((z - shift[:, None]) * LOG2E), 1)
+        lane_max = new_max
+    row_max = _nan_max(tl.reduce(lane_max, 0, _nan_max), tl.reduce(edge_max, 0, _nan_max))
+    shift = tl.where(row_max > neg_inf, row_max, 0.0)
+    total = tl.sum(tl.where(lane_sum > 0, lane_sum * tl.math.exp2((lane_max - shift) * LOG2E), 0.0), 0)
+    total += tl.sum(tl.where(edge_sum > 0, edge_sum * tl.math.exp2((edge_max - shift) * LOG2E), 0.0), 0)
+    invalid = (row_max != row_max) | (row_max == float("inf"))
+    return row_max, invalid, total
+
+
+@triton.jit
 def _nucleus_entropy_forward_kernel(
     x_ptr,
     stride_row,
@@ -1123,7 +1168,7 @@ def _nucleus_entropy_forward_kernel(
     elements ``>= v``, the threshold is ``t = max{v in row : M(v) >= T}`` (the token at which the descending
     cumulative sum first reaches ``top_p``; every tie of it has ``z >= t``), and the kept set is ``z >= t``.
 
-    * Pass 1: the row max, ``S``, the NaN/+inf flag (the full-entropy pass).
+    * Pass 1: the row max, ``S`` and the NaN/+inf flag (:func:`_max_and_sum`).
     * ``t`` lies in ``[lo, up)`` with ``M(lo) >= T > M(up)``: first ``up`` = the value above the max and ``lo`` =
       ``max + log(S (1 - top_p) / V)`` less a margin (the elements ``<= t`` carry more than ``(1 - top_p) S``, each
       at most ``exp(t - max)``, so ``t`` is above that), rounded down to the input dtype.
@@ -1143,9 +1188,7 @@ def _nucleus_entropy_forward_kernel(
     base, head, end, tail = _row_split(x_ptr + row.to(tl.int64) * stride_row, n, COL_CONTIGUOUS, LANE_WIDTH)
     LANES: tl.constexpr = BLOCK // LANE_WIDTH
     index = tl.arange(0, 8)
-    row_max, invalid, full_total, full_weighted = _full_softmax(
-        base, head, n, end, tail, stride_col, COL_CONTIGUOUS, BLOCK, LANE_WIDTH
-    )
+    row_max, invalid, full_total = _max_and_sum(base, head, n, end, tail, stride_col, COL_CONTIGUOUS, LANES, LANE_WIDTH)
     passes = tl.where(n > 0, 1, 0)
     target = top_p * full_total
     done = invalid | (full_total <= 0) | (n == 0)  # NaN/+inf, no finite element, or a skipped row
