@@ -268,6 +268,33 @@ def test_checkpoint_save_then_load_restores_the_controller(tmp_path, one_update_
     assert by_path.coefficient.value == saved["value"]
 
 
+def test_the_target_controller_and_top_k_kept_set_through_a_checkpoint(tmp_path, one_update_per_step):
+    """skywork_math's target controller drives the steps (gate closed: coefficient 0 on the next batch) and comes
+    back from aent_controller.json; tre_topk_math's loss carries its kept set."""
+    cfg = _config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math")
+    # entropies 0.1 (below the 0.2 target: +delta, gate open) then 0.5 (above: -delta, gate closed)
+    trainer = _trainer(cfg, [([10.0], [100.0]), ([50.0], [100.0])])
+    for step in (1, 2):
+        trainer.global_steps = step
+        trainer.step({}, {})
+    sent = [batch["aent_coef"] for batch in trainer.actor_rollout_wg.update_batches]
+    assert sent == [0.001, pytest.approx(0.0011)]
+    assert trainer.coefficient.value == 0.0 and trainer.coefficient.coef == pytest.approx(0.001)
+    trainer._save_checkpoint()
+    state = json.loads((tmp_path / "ckpt" / "global_step_2" / "aent_controller.json").read_text())["coefficient"]
+    assert state["kind"] == "target" and state["gate"] is False and state["step"] == 2
+    resumed = _trainer(_config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math"), [([10.0], [100.0])])
+    resumed._load_checkpoint()
+    assert resumed.coefficient.state_dict() == trainer.coefficient.state_dict()
+    resumed.global_steps = 3
+    resumed.step({}, {})
+    assert resumed.actor_rollout_wg.update_batches[0]["aent_coef"] == 0.0  # the closed gate: no bonus on step 3
+    assert resumed.coefficient.value == pytest.approx(0.0011)  # 0.1 < 0.2: reopened, +delta
+
+    topk = _trainer(_config(tmp_path / "topk", recipe="tre_topk_math"), [])
+    assert topk.build_aent_loss().kept == aent.KeptSet.top_k(2)
+
+
 def test_resume_with_another_kind_of_coefficient_is_refused(tmp_path):
     from aent.verl.checks import StartupError
 
