@@ -143,17 +143,17 @@ def entropy_bonus(
         loss_scale_factor=loss_scale_factor,
     )
     with torch.no_grad():
-        stats = torch.stack(
-            [safe.detach().sum(), mask.sum(), agg.detach(), (rows & ~finite).sum().to(ent.dtype)]
-        ).tolist()  # the one host synchronisation
-    ent_sum, tokens, agg_value, nonfinite = stats
+        ent_sum, tokens = safe.detach().sum(), mask.sum()
+        token_mean = ent_sum / torch.clamp_min(tokens, 1.0)
+        stats = torch.stack([token_mean, ent_sum, tokens, agg.detach(), (rows & ~finite).sum().to(ent.dtype)])
+        token_mean, ent_sum, tokens, agg_value, nonfinite = stats.tolist()  # the one host synchronisation
     if check_finite and nonfinite:
         raise ValueError(
             f"logits contain NaN or +inf in {int(nonfinite)} of {int(tokens)} response tokens; their entropy is "
             "undefined. Check the model's outputs (or pass check_finite=False to leave them out and count them)."
         )
     metrics = {
-        "clamped_entropy": ent_sum / max(tokens, 1.0),
+        "clamped_entropy": token_mean,
         "entropy_sum": ent_sum,
         "num_tokens": tokens,
         "entropy_agg": agg_value,
