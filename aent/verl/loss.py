@@ -27,8 +27,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 import aent
-from aent.kept import KeptSet, as_kept
-from aent.validate import check_chunk_size
+from aent.kept import KeptSet
+from aent.validate import check_chunk_size, check_clamp_p
 
 __all__ = [
     "AEntPolicyLoss",
@@ -133,7 +133,8 @@ class AEntPolicyLoss:
                 "full-vocabulary entropy bonus on top of AEnt's: set actor_rollout_ref.actor.entropy_coeff=0 "
                 "(AEnt's coefficient is aent.coef_init; a plain entropy bonus is aent.clamp_p=0)"
             )
-        kept = as_kept(kept, "aent.kept")
+        if not isinstance(kept, KeptSet):  # a number: bottom_p's clamp_p, refused under its verl name
+            kept = KeptSet.bottom_p(check_clamp_p("aent.clamp_p", kept))
         chunk_size = check_chunk_size("aent.chunk_size", chunk_size)
         self.actor_config = actor_config
         self.kept = kept
