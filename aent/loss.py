@@ -1,4 +1,4 @@
-"""The entropy term a trainer subtracts from its policy loss (SPEC section 2), and verl-compatible aggregation."""
+"""The entropy term a trainer subtracts from its policy loss (docs/METHOD.md, "Loss"), and verl-compatible aggregation."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def entropy_bonus(
     impl: Optional[str] = None,
     check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """The entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (AEnt, arXiv 2509.03493, eq. 2).
+    """The AEnt entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (docs/METHOD.md, "Loss").
 
     ``term = coef * aggregate(restricted_entropy(logits, kept), response_mask, loss_agg_mode)``. Only response
     tokens are computed (the mask is the entropy's ``row_mask``): prompt and padding positions are never read.
