@@ -46,8 +46,9 @@ $(VENV_E2E)/.installed: tests/e2e/requirements.txt pyproject.toml tests/support/
 e2e: e2e-setup
 	timeout 3000 $(PY_E2E) tests/e2e/run.py $(E2E_ARGS)
 
-lint: setup
+lint: setup  # what CI runs
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(VENV_E2E) build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""The entropy term a trainer subtracts from its policy loss (SPEC section 2), and verl-compatible aggregation."""
+"""The entropy term a trainer subtracts from its policy loss (docs/METHOD.md, "Loss"), and verl-compatible aggregation."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def entropy_bonus(
     impl: Optional[str] = None,
     check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """The entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (AEnt, arXiv 2509.03493, eq. 2).
+    """The AEnt entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (docs/METHOD.md, "Loss").
 
     ``term = coef * aggregate(restricted_entropy(logits, kept), response_mask, loss_agg_mode)``. Only response
     tokens are computed (the mask is the entropy's ``row_mask``): prompt and padding positions are never read.
@@ -143,17 +143,17 @@ def entropy_bonus(
         loss_scale_factor=loss_scale_factor,
     )
     with torch.no_grad():
-        stats = torch.stack(
-            [safe.detach().sum(), mask.sum(), agg.detach(), (rows & ~finite).sum().to(ent.dtype)]
-        ).tolist()  # the one host synchronisation
-    ent_sum, tokens, agg_value, nonfinite = stats
+        ent_sum, tokens = safe.detach().sum(), mask.sum()
+        token_mean = ent_sum / torch.clamp_min(tokens, 1.0)
+        stats = torch.stack([token_mean, ent_sum, tokens, agg.detach(), (rows & ~finite).sum().to(ent.dtype)])
+        token_mean, ent_sum, tokens, agg_value, nonfinite = stats.tolist()  # the one host synchronisation
     if check_finite and nonfinite:
         raise ValueError(
             f"logits contain NaN or +inf in {int(nonfinite)} of {int(tokens)} response tokens; their entropy is "
             "undefined. Check the model's outputs (or pass check_finite=False to leave them out and count them)."
         )
     metrics = {
-        "clamped_entropy": ent_sum / max(tokens, 1.0),
+        "clamped_entropy": token_mean,
         "entropy_sum": ent_sum,
         "num_tokens": tokens,
         "entropy_agg": agg_value,

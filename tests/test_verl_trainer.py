@@ -11,8 +11,9 @@ import os
 import pickle
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
@@ -81,7 +82,6 @@ class StubActorWorkerGroup:
                 "actor/aent_entropy_sum": list(sums),
                 "actor/aent_num_tokens": list(tokens),
                 "actor/aent_nonfinite_tokens": [0.0] * len(sums),
-                "actor/aent_clamped_entropy": [s / t for s, t in zip(sums, tokens)],
                 "actor/aent_coef": [batch.extra_info["aent_coef"]] * len(sums),
             }
         }
@@ -268,6 +268,33 @@ def test_checkpoint_save_then_load_restores_the_controller(tmp_path, one_update_
     assert by_path.coefficient.value == saved["value"]
 
 
+def test_the_target_controller_and_top_k_kept_set_through_a_checkpoint(tmp_path, one_update_per_step):
+    """skywork_math's target controller drives the steps (gate closed: coefficient 0 on the next batch) and comes
+    back from aent_controller.json; tre_topk_math's loss carries its kept set."""
+    cfg = _config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math")
+    # entropies 0.1 (below the 0.2 target: +delta, gate open) then 0.5 (above: -delta, gate closed)
+    trainer = _trainer(cfg, [([10.0], [100.0]), ([50.0], [100.0])])
+    for step in (1, 2):
+        trainer.global_steps = step
+        trainer.step({}, {})
+    sent = [batch["aent_coef"] for batch in trainer.actor_rollout_wg.update_batches]
+    assert sent == [0.001, pytest.approx(0.0011)]
+    assert trainer.coefficient.value == 0.0 and trainer.coefficient.coef == pytest.approx(0.001)
+    trainer._save_checkpoint()
+    state = json.loads((tmp_path / "ckpt" / "global_step_2" / "aent_controller.json").read_text())["coefficient"]
+    assert state["kind"] == "target" and state["gate"] is False and state["step"] == 2
+    resumed = _trainer(_config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math"), [([10.0], [100.0])])
+    resumed._load_checkpoint()
+    assert resumed.coefficient.state_dict() == trainer.coefficient.state_dict()
+    resumed.global_steps = 3
+    resumed.step({}, {})
+    assert resumed.actor_rollout_wg.update_batches[0]["aent_coef"] == 0.0  # the closed gate: no bonus on step 3
+    assert resumed.coefficient.value == pytest.approx(0.0011)  # 0.1 < 0.2: reopened, +delta
+
+    topk = _trainer(_config(tmp_path / "topk", recipe="tre_topk_math"), [])
+    assert topk.build_aent_loss().kept == aent.KeptSet.top_k(2)
+
+
 def test_resume_with_another_kind_of_coefficient_is_refused(tmp_path):
     from aent.verl.checks import StartupError
 
@@ -296,6 +323,46 @@ def test_resume_without_controller_state_stops_unless_the_user_opts_in(tmp_path,
         opted_in._load_checkpoint()
     assert opted_in.global_steps == 1 and opted_in.coefficient.value == 0.002  # coef_init
     assert "aent.resume_without_controller=true" in caplog.text
+
+
+def test_a_corrupt_controller_file_stops_the_resume_naming_the_file_and_the_fix(tmp_path):
+    from aent.verl.checks import StartupError
+
+    trainer = _trainer(_config(tmp_path), [])
+    trainer._save_checkpoint()
+    path = tmp_path / "ckpt" / "global_step_1" / "aent_controller.json"
+    for broken in (path.read_text()[:20], "", "[1, 2]"):  # truncated, empty, not an object
+        path.write_text(broken)
+        with pytest.raises(StartupError) as info:
+            _trainer(_config(tmp_path), [])._load_checkpoint()
+        msg = str(info.value)
+        assert str(path) in msg and "truncated or corrupt" in msg
+        assert "trainer.resume_from_path" in msg and "aent.resume_without_controller=true" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides,asked_mode,asked_loss",
+    [([], "aent", "vanilla"), (["actor_rollout_ref.actor.policy_loss.loss_mode=aent"], "aent", "aent")],
+    ids=["trainer_mode", "loss_mode"],
+)
+def test_the_tracked_config_shows_what_the_user_ran(tmp_path, overrides, asked_mode, asked_loss):
+    """verl logs the trainer's config to the tracker when fit starts; the trainer has by then switched the mode to
+    verl's base mode, so the config carries the user's request (aent_run) and every AEnt option as it runs."""
+    from omegaconf import OmegaConf
+
+    from aent.verl.options import AEntOptions
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=5", *overrides), [])
+    assert trainer.config.trainer.v1.trainer_mode == "sync"  # what verl's base class runs under
+    tracked = OmegaConf.to_container(trainer.config, resolve=True)  # what fit() hands to verl's Tracking
+    assert tracked["aent_run"] == {
+        "trainer.v1.trainer_mode": asked_mode,
+        "actor_rollout_ref.actor.policy_loss.loss_mode": asked_loss,
+        "aent_trainer_mode": "aent",
+    }
+    assert set(tracked["aent"]) == {f.name for f in __import__("dataclasses").fields(AEntOptions)}
+    assert tracked["aent"]["warmup_steps"] == 5 and tracked["aent"]["coef_init"] == 0.002
+    assert tracked["aent"]["base_loss_mode"] == tracked["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"]
 
 
 @pytest.mark.parametrize("mode", ["aent_colocate_async", "aent_separate_async"])

@@ -1,4 +1,4 @@
-"""The AEnt actor loss for verl 0.9 engine workers (SPEC section 2).
+"""The AEnt actor loss for verl 0.9 engine workers (docs/METHOD.md, "Loss").
 
 One callable serves the two calls verl's FSDP engine makes per micro-batch when the micro-batch carries the flag
 ``distillation_use_topk=True`` (the engine's logits-processor seam, see ``FSDPEngineWithLMHead.prepare_model_outputs``):
@@ -27,8 +27,8 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 import aent
-from aent.kept import KeptSet, as_kept
-from aent.validate import check_chunk_size
+from aent.kept import KeptSet
+from aent.validate import check_chunk_size, check_clamp_p
 
 __all__ = [
     "AEntPolicyLoss",
@@ -133,7 +133,15 @@ class AEntPolicyLoss:
                 "full-vocabulary entropy bonus on top of AEnt's: set actor_rollout_ref.actor.entropy_coeff=0 "
                 "(AEnt's coefficient is aent.coef_init; a plain entropy bonus is aent.clamp_p=0)"
             )
-        kept = as_kept(kept, "aent.kept")
+        policy_loss = getattr(actor_config, "policy_loss", None)
+        if getattr(policy_loss, "loss_mode", None) == "aent":
+            raise ValueError(
+                "actor_rollout_ref.actor.policy_loss.loss_mode=aent names AEnt itself, not the policy loss AEnt adds "
+                "its term to: the AEnt trainer resolves it on the driver (aent.verl.checks.apply_loss_mode); here, "
+                "give the actor config a verl policy loss (e.g. loss_mode=vanilla)"
+            )
+        if not isinstance(kept, KeptSet):  # a number: bottom_p's clamp_p, refused under its verl name
+            kept = KeptSet.bottom_p(check_clamp_p("aent.clamp_p", kept))
         chunk_size = check_chunk_size("aent.chunk_size", chunk_size)
         self.actor_config = actor_config
         self.kept = kept
@@ -206,12 +214,6 @@ class AEntPolicyLoss:
         metrics[METRIC_ENTROPY_SUM] = Metric(AggregationType.SUM, ent_sum * dp_size)
         metrics[METRIC_NUM_TOKENS] = Metric(AggregationType.SUM, num_tokens * dp_size)
         metrics[METRIC_NONFINITE] = Metric(AggregationType.SUM, nonfinite * dp_size)
-        batch_num_tokens = batch_info.get("batch_num_tokens")
-        if batch_num_tokens:
-            # token-mean over the mini-batch on every rank (what the trainer later recomputes over the whole step)
-            metrics[METRIC_CLAMPED_ENTROPY] = Metric(AggregationType.SUM, ent_sum / float(batch_num_tokens) * dp_size)
-        else:
-            metrics[METRIC_CLAMPED_ENTROPY] = Metric(AggregationType.MEAN, ent_sum / max(num_tokens, 1.0))
         metrics[METRIC_COEF] = Metric(AggregationType.MEAN, coef)
         return loss, metrics
 
@@ -224,8 +226,8 @@ def make_aent_loss(
     ``actor_config`` is the run's actor config; one with ``entropy_coeff != 0`` is refused (two entropy bonuses).
     ``kept`` is the entropy's kept set (an :class:`aent.KeptSet`, or a number: ``bottom_p``'s ``clamp_p``).
     Each actor-update batch must carry :func:`aent_step_flags` ``(coef)``. The metrics it returns (under
-    ``actor/``): ``aent_clamped_entropy`` (token-mean over the mini-batch, nats), ``aent_coef``,
-    ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a step is the token-weighted
-    clamped entropy the controller consumes) and ``aent_nonfinite_tokens``.
+    ``actor/``): ``aent_coef``, ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a
+    step is the token-weighted clamped entropy the controller consumes; the AEnt trainer logs it as
+    ``actor/aent_clamped_entropy``) and ``aent_nonfinite_tokens``.
     """
     return AEntPolicyLoss(actor_config, kept, chunk_size=chunk_size, impl=impl)
