@@ -93,7 +93,7 @@ def _torch_path(logits: torch.Tensor, clamp_p: float, grad_out: torch.Tensor):
 
 
 def _kept_mask(logits: torch.Tensor, clamp_p: float) -> torch.Tensor:
-    """SPEC section 1 kept set, written out: z >= (k+1)-th smallest, finite."""
+    """The clamp's kept set (docs/METHOD.md), written out: z >= (k+1)-th smallest, finite."""
     z = logits.detach().to(torch.float64)
     k = aent.num_removed(z.shape[-1], clamp_p)
     threshold = torch.sort(z, dim=-1).values[..., k : k + 1]
@@ -401,7 +401,7 @@ def test_full_vocabulary_default_blocks(kernels, dtype, vocab):
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(x.grad.double(), ref_grad, rtol=rtol, atol=atol)
     kept = _kept_mask(logits, clamp_p)
-    assert torch.equal(x.grad != 0, kept)  # exactly the SPEC kept set gets a gradient, ties included
+    assert torch.equal(x.grad != 0, kept)  # exactly the clamp's kept set gets a gradient, ties included
     assert kept[0].sum() >= vocab - aent.num_removed(vocab, clamp_p)
     with interpreter_mode():
         passes = kernels.forward_passes(logits, aent.num_removed(vocab, clamp_p))

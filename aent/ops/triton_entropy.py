@@ -1,10 +1,10 @@
-"""Fused Triton kernels for the restricted entropies: the rank rules (the clamp of SPEC section 1, AEnt, arXiv
-2509.03493, section 3; top_k) and the nucleus.
+"""Fused Triton kernels for the restricted entropies: the rank rules (the clamp of docs/METHOD.md, "Clamped entropy";
+AEnt, arXiv 2509.03493, section 3; top_k) and the nucleus.
 
 Two launches per forward + backward, and only four float32 numbers per row kept in between:
 
 Forward (one program per row)
-    The threshold (the element of rank ``k``, SPEC's ``t``) is found without a histogram of the whole row: counting
+    The threshold (the element of rank ``k``, docs/METHOD.md's ``t``) is found without a histogram of the whole row: counting
     against a few values is a compare and an add per element, whereas ``tl.histogram`` under Triton 3.7.1 (the
     version torch 2.13 pins) costs ~75 instructions per element, far more than streaming the element.
 
@@ -44,7 +44,7 @@ in memory may give results that differ in the last bit.
 
 Key mapping: the float's bits ``b`` read as a signed integer, and ``b ^ 0x7FF..F`` for negative ``b`` (flip the
 magnitude bits), orders exactly like the floats, with ``-inf`` below every finite value. ``-0.0`` is mapped to
-``+0.0`` first so that keys are equal exactly when the floats compare equal: the SPEC tie rule (keep every token
+``+0.0`` first so that keys are equal exactly when the floats compare equal: the tie rule of docs/METHOD.md (keep every token
 with ``z >= t``) then follows from selecting the key of rank ``k``. The kept set is applied as ``z >= t`` on the
 float values, in the same way in both kernels.
 
