@@ -5,7 +5,18 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 """
 
 from aent.advantage import grpo_advantages
-from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
+from aent.coefficient import (
+    CONTROLLERS,
+    AdaptiveCoefficient,
+    ConstantCoefficient,
+    Controller,
+    TargetCoefficient,
+    build_coefficient,
+    build_controller,
+    coefficient_from_state,
+    controller_from_state,
+    register_controller,
+)
 from aent.entropy import (
     IMPLEMENTATIONS,
     clamped_entropy,
@@ -24,7 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveCoefficient",
+    "CONTROLLERS",
     "ConstantCoefficient",
+    "Controller",
     "IMPLEMENTATIONS",
     "KEPT_RULES",
     "KeptSet",
@@ -32,8 +45,10 @@ __all__ = [
     "aggregate",
     "as_kept",
     "build_coefficient",
+    "build_controller",
     "clamped_entropy",
     "coefficient_from_state",
+    "controller_from_state",
     "entropy",
     "entropy_bonus",
     "grpo_advantages",
@@ -41,7 +56,9 @@ __all__ = [
     "logprobs_and_clamped_entropy",
     "nucleus_entropy",
     "num_removed",
+    "register_controller",
     "restricted_entropy",
+    "TargetCoefficient",
     "topk_entropy",
     "__version__",
 ]

@@ -119,9 +119,9 @@ def _resolve_impl(
         if device.type == "cuda":
             from aent import ops
 
-            # float64 and rules without a fused kernel stay on the torch path under "auto" rather than failing.
-            fused = dtype in ops.FUSED_DTYPES and rule in ops.FUSED_RULES
-            return "triton" if fused and ops.triton_available() else "torch"
+            # float64 and rules without a fused kernel stay on the torch path under "auto" rather than failing (as do
+            # all calls when the kernels do not load or failed their self-check on this device: aent.ops warns once).
+            return "triton" if ops.auto_uses_triton(dtype, rule) else "torch"
         return "torch"
     if impl == "triton":
         from aent import ops
@@ -216,44 +216,65 @@ def _row_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(z, vocab - k, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
 
 
-#: Candidates the nucleus threshold first looks for the crossing among (the largest logits, sorted); rows whose
-#: nucleus is larger look again among 8x as many, up to the whole row.
-_NUCLEUS_CANDIDATES = 256
+#: The nucleus threshold finds the crossing in a histogram of the probability mass over this many buckets of the
+#: logit's distance from the row maximum, the last bucket holding everything at or beyond ``_NUCLEUS_RANGE`` nats.
+_NUCLEUS_BUCKETS = 1024
+_NUCLEUS_RANGE = 32.0
 
 
-def _nucleus_threshold(z: torch.Tensor, top_p: float) -> torch.Tensor:
+def _nucleus_threshold(z: torch.Tensor, top_p: float, row_max: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per row of a 2-D ``z`` the logit ``t`` at which the descending cumulative probability first reaches ``top_p``
     (the kept set is ``z >= t``), or -inf where every token is kept.
 
-    The row's total mass is one pass over the row (summed in float64); the crossing is searched among the largest
-    ``_NUCLEUS_CANDIDATES`` logits, sorted, with their cumulative mass in float64 so that the crossing agrees with
-    the float64 definition; rows whose crossing lies further down search again among eight times as many candidates.
-    Exact (no cap on the nucleus): the last search is a sort of the whole row. Rows with NaN/+inf or no finite logit
-    get -inf (the careful path gives them NaN or 0).
+    Exact, with no cap on the nucleus. One pass bins the weights ``exp(z - max)`` into a histogram by logit; the
+    bucket where the cumulative mass reaches ``top_p`` of the row's total is the only one sorted, its tokens taken
+    out of the row first (a few per row for any realistic distribution). Cumulative masses are float64 sums of the
+    float32 weights. Rows with NaN/+inf or no finite logit get -inf (the careful path gives them NaN or 0); a row
+    whose crossing rounding leaves out of its bucket is sorted whole.
     """
-    rows, vocab = z.shape
-    row_max = z.amax(dim=-1)
-    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).unsqueeze(-1)
-    target = torch.exp(z - shift).sum(dim=-1, dtype=torch.float64).mul_(top_p)
+    rows = z.shape[0]
+    row_max = z.amax(dim=-1) if row_max is None else row_max
+    good = torch.isfinite(row_max)
+    shift = torch.where(good, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
+    weights = torch.exp(z - shift)
+    scale = _NUCLEUS_BUCKETS / _NUCLEUS_RANGE
+    bucket = torch.sub(shift * scale, z, alpha=scale).clamp_(0, _NUCLEUS_BUCKETS - 1)
+    bucket = bucket.to(torch.int64)  # -inf logits land in the last bucket with weight 0
+    hist = torch.zeros(rows, _NUCLEUS_BUCKETS, dtype=weights.dtype, device=z.device).scatter_add_(1, bucket, weights)
+    cum = hist.to(torch.float64).cumsum_(dim=-1)
+    target = cum[:, -1] * top_p
+    crossing = (cum < target.unsqueeze(-1)).sum(dim=-1).clamp_(max=_NUCLEUS_BUCKETS - 1)
+    above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    crossing = torch.where(good, crossing, -1)  # rows without a finite maximum: no bucket is searched
+    inside = bucket == crossing.unsqueeze(-1)
+    del bucket
+    # the crossing bucket's tokens, sorted by row and then by descending logit, their mass accumulated per row
+    row, col = inside.nonzero(as_tuple=True)
+    del inside
+    values = z[row, col]
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(row[order], stable=True).indices]
+    row, values, col = row[order], values[order], col[order]
+    mass = weights[row, col].to(torch.float64)
+    cumulative = mass.cumsum(dim=0)
+    counts = torch.bincount(row, minlength=rows)
+    before = torch.cumsum(counts, dim=0) - counts  # position of each row's first token
+    offset = torch.where(before > 0, cumulative[(before - 1).clamp_(min=0)], 0.0) if row.numel() else before
+    reached = (cumulative - offset[row] + above[row]) >= target[row]
+    position = torch.arange(row.numel(), device=z.device)
+    first = torch.full((rows,), row.numel(), dtype=torch.int64, device=z.device)
+    first.scatter_reduce_(0, row, torch.where(reached, position, row.numel()), reduce="amin")
+    found = first < row.numel()
     threshold = z.new_full((rows,), float("-inf"))
-    todo = torch.arange(rows, device=z.device)
-    size = min(vocab, _NUCLEUS_CANDIDATES)
-    while todo.numel():
-        part = z.index_select(0, todo)
-        if size < vocab:
-            values = torch.topk(part, size, dim=-1, largest=True, sorted=True).values
-        else:
-            values = torch.sort(part, dim=-1, descending=True).values
-        mass = torch.exp(values.to(torch.float64) - shift[todo].to(torch.float64)).cumsum_(dim=-1)
-        reached = mass >= target[todo].unsqueeze(-1)
-        found = reached.any(dim=-1)
-        at = reached.to(torch.int8).argmax(dim=-1, keepdim=True)  # the first position that reaches top_p
-        crossed = values.gather(1, at).squeeze(1)
-        threshold[todo[found]] = crossed[found]
-        if size == vocab:  # not reached in the whole row (rounding just below 1, NaN): keep every finite token
-            break
-        todo = todo[~found]
-        size = min(vocab, size * 8)
+    threshold[found] = values[first[found]]
+    rest = (~found & good).nonzero().squeeze(1)
+    if rest.numel():  # rounding kept the crossing out of its bucket: the whole row, sorted
+        values, index = torch.sort(z.index_select(0, rest), dim=-1, descending=True)
+        sums = weights.index_select(0, rest).gather(1, index).to(torch.float64).cumsum_(dim=-1)
+        reached = sums >= target[rest].unsqueeze(-1)
+        done = reached.any(dim=-1)  # not reached in the whole row (rounding just below 1): every token is kept
+        at = reached.to(torch.int8).argmax(dim=-1, keepdim=True)
+        threshold[rest[done]] = values.gather(1, at).squeeze(1)[done]
     return threshold
 
 
@@ -262,13 +283,13 @@ def _keeps_all(kept: KeptSet, vocab: int) -> bool:
     return kept.is_full(vocab) if kept.by_rank else kept.value >= 1.0
 
 
-def _chunk_threshold(z: torch.Tensor, kept: KeptSet) -> Optional[torch.Tensor]:
+def _chunk_threshold(z: torch.Tensor, kept: KeptSet, row_max: torch.Tensor) -> Optional[torch.Tensor]:
     """Per-row threshold of the 2-D chunk ``z`` under ``kept`` (keep ``z >= t``), or None when every token is kept."""
     if _keeps_all(kept, z.shape[-1]):
         return None
     if kept.by_rank:
         return _row_threshold(z, kept.num_removed(z.shape[-1]))
-    return _nucleus_threshold(z, float(kept.value))
+    return _nucleus_threshold(z, float(kept.value), row_max)
 
 
 def _careful_shifted(z: torch.Tensor, threshold: Optional[torch.Tensor], row_max: torch.Tensor) -> torch.Tensor:
@@ -319,7 +340,7 @@ def _chunk_forward(z: torch.Tensor, kept: KeptSet):
     kept tokens, while the single number ``max + log_total`` rounded to float32 would be off by up to half a unit in
     the last place of the logits' magnitude (5e-4 at |z| = 1e4)."""
     row_max = z.amax(dim=-1)
-    threshold = _chunk_threshold(z, kept)
+    threshold = _chunk_threshold(z, kept, row_max)
     if threshold is None:
         log_total = None
         logq = torch.log_softmax(z, dim=-1)
@@ -477,10 +498,11 @@ def restricted_entropy(
     elif which == "triton":
         from aent import ops
 
+        auto = ops.chosen_by_auto(impl)  # a failed self-check then falls back to the torch path, with a warning
         if kept.by_rank:
-            ent = ops.clamped_entropy_triton(rows2d, kept.num_removed(vocab), row_mask=mask1d)
+            ent = ops.clamped_entropy_triton(rows2d, kept.num_removed(vocab), row_mask=mask1d, auto=auto)
         else:
-            ent = ops.nucleus_entropy_triton(rows2d, float(kept.value), row_mask=mask1d)
+            ent = ops.nucleus_entropy_triton(rows2d, float(kept.value), row_mask=mask1d, auto=auto)
     else:
         size = chunk_size or _default_chunk_size(rows2d.shape[0], vocab, logits.device)
         if rows2d.shape[0] == 0:

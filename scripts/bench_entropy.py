@@ -375,17 +375,21 @@ def run_verify(args) -> int:
             if rows >= 3:
                 logits[1] = (logits[1].float() * 4).round().to(dtype) / 4  # heavy ties
             grad_out = torch.randn(rows, device="cuda", generator=gen)
-            for clamp_p in (0.0, args.clamp_p):
+            # bottom_p at 0 and p, then top_k's extreme ranks and the nucleus (3 rows or fewer: the same kernels)
+            kept_sets = [0.0, args.clamp_p]
+            if rows <= 3:
+                kept_sets += [aent.KeptSet.top_k(2), aent.KeptSet.top_k(64), aent.KeptSet.top_p(0.99)]
+            for clamp_p in kept_sets:
                 ok = True
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
                 ent, grad = _forward_backward(
-                    lambda x, p: aent.clamped_entropy(x, p, impl="triton"), logits, clamp_p, grad_out
+                    lambda x, p: aent.restricted_entropy(x, p, impl="triton"), logits, clamp_p, grad_out
                 )
                 peak = (torch.cuda.max_memory_allocated() - before) / (logits.numel() * logits.element_size())
                 ref, ref_grad = _forward_backward(
-                    lambda x, p: aent.clamped_entropy(x, p, impl="torch"), logits, clamp_p, grad_out
+                    lambda x, p: aent.restricted_entropy(x, p, impl="torch"), logits, clamp_p, grad_out
                 )
                 rtol, atol = tolerances[dtype]
                 ent_err = (ent - ref).abs().max().item()
@@ -395,13 +399,13 @@ def run_verify(args) -> int:
                 ent64 = grad64 = float("nan")
                 if rows <= 3:
                     x64 = logits.detach().cpu().double().requires_grad_()
-                    r64 = aent.clamped_entropy(x64, clamp_p, impl="reference")
+                    r64 = aent.restricted_entropy(x64, clamp_p, impl="reference")
                     r64.backward(grad_out.cpu().double())
                     ent64 = (ent.cpu().double() - r64.detach()).abs().max().item()
                     grad64 = (grad.cpu().double() - x64.grad).abs().max().item()
                     ok &= torch.allclose(ent.cpu().double(), r64.detach(), rtol=1e-4, atol=1e-4)
                     ok &= torch.allclose(grad.cpu().double(), x64.grad, rtol=rtol, atol=atol)
-                if rows >= 3 and clamp_p > 0:
+                if rows >= 3 and isinstance(clamp_p, float) and clamp_p > 0:
                     # The fallback path (every row) and row skipping, against the same torch-path results.
                     rows2d, k = logits, aent.num_removed(args.vocab, clamp_p)
                     from aent.ops.triton_entropy import clamped_entropy_rows
@@ -433,14 +437,19 @@ def run_verify(args) -> int:
                     ok &= torch.allclose(sv, sv_ref, rtol=1e-4, atol=1e-4)
                     ok &= torch.allclose(sv_grad.float(), sv_ref_grad.float(), rtol=rtol, atol=atol)
                     del fb, fb_grad, rm, rm_grad, sv, sv_grad, sv_ref, sv_ref_grad
-                if clamp_p > 0:
-                    from aent.ops.triton_entropy import forward_passes
+                if clamp_p != 0.0:
+                    from aent.ops.triton_entropy import forward_passes, nucleus_forward_passes
 
-                    passes = forward_passes(logits, aent.num_removed(args.vocab, clamp_p))
+                    kept = aent.as_kept(clamp_p)
+                    if kept.by_rank:
+                        passes = forward_passes(logits, kept.num_removed(args.vocab))
+                    else:
+                        passes = nucleus_forward_passes(logits, kept.value)
+                        print(f"       nucleus passes per row: {passes.tolist()}")
                     print(f"       rows whose select finished in 2 passes: {(passes == 2).sum().item()} of {rows}")
                 failures += not ok
                 print(
-                    f"{dtype_name:5}  {rows:4}  {clamp_p:<4}  {ent_err:12.2e}  {grad_err:13.2e}  {ent64:10.2e}  "
+                    f"{dtype_name:5}  {rows:4}  {str(clamp_p):<4}  {ent_err:12.2e}  {grad_err:13.2e}  {ent64:10.2e}  "
                     f"{grad64:11.2e}  {peak:17.2f}  {'ok' if ok else 'FAIL'}"
                 )
                 del ent, grad, ref, ref_grad

@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""The torch path of aent.clamped_entropy (the CPU and non-Triton fallback) against verl's eager entropy.
+"""The torch path of every kept-set rule of aent.restricted_entropy (the CPU and non-Triton fallback) against verl's
+eager entropy.
 
 Variants, forward + backward over the same [tokens x vocabulary] logits, timed side by side in one process:
 
 ``verl``          ``verl.utils.torch_functional.entropy_from_logits`` with eager autograd (full vocabulary)
 ``aent_p0``       ``aent.clamped_entropy(logits, 0.0, impl="torch")`` (full vocabulary, chunked, hand-written backward)
-``aent_p<p>``     ``aent.clamped_entropy(logits, p, impl="torch")`` for each ``--clamp-p`` above 0
+``aent_p<p>``     ``aent.clamped_entropy(logits, p, impl="torch")`` for each ``--clamp-p`` above 0 (bottom_p)
+``aent_top_k<k>`` ``aent.topk_entropy(logits, k, impl="torch")`` for each ``--top-k`` (TRE-K)
+``aent_top_p<p>`` ``aent.nucleus_entropy(logits, top_p, impl="torch")`` for each ``--top-p`` (TRE-P)
 
 Before timing, aent's results on the first rows are compared with the float64 reference (values and gradients) and
 verl's with aent's at p = 0. Repetitions are interleaved (verl, aent_p0, aent_p..., verl, ...) and each ratio is taken
 within one repetition, so a machine whose load changes still gives comparable ratios; the table shows the median
 ratio. Peak extra memory is the resident-set high-water mark (Linux ``/proc/self/status`` VmHWM, reset through
 ``clear_refs``, free heap returned by ``malloc_trim`` first) above what was resident before the call; it includes
-the gradient. Rows are appended to ``benchmarks/torch_path.csv`` with device, versions, thread counts and date.
+the gradient. Rows are appended to ``benchmarks/torch_path.csv`` with device, versions, thread counts and date; the
+``clamp_p`` column holds the bottom_p rows' p ("-" for the other rules, whose parameter is in the variant's name).
 
-    OMP_NUM_THREADS=2 python scripts/bench_torch_path.py                  # 2048 x 32768 fp32, p 0 and 0.33
+    OMP_NUM_THREADS=2 python scripts/bench_torch_path.py                  # 2048 x 32768 fp32, every rule
     OMP_NUM_THREADS=1 python scripts/bench_torch_path.py --quick          # 256 x 32768, 3 repetitions, no CSV
     python scripts/bench_torch_path.py --dtype bf16 --clamp-p 0.25 0.33
 """
@@ -66,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab", type=int, default=32768, help="V (default 32768)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--clamp-p", type=float, nargs="+", default=[0.33], help="p > 0 to time (default 0.33)")
+    parser.add_argument("--top-k", type=int, nargs="*", default=[2, 64], help="k of top_k to time (default 2 64)")
+    parser.add_argument("--top-p", type=float, nargs="*", default=[0.99], help="top_p to time (default 0.99)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of each variant (default 5)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
@@ -122,12 +128,16 @@ def commit() -> str:
     return head.stdout.strip() + ("+changes" if dirty.returncode else "")
 
 
-def make_variants(clamp_ps: List[float]):
+def make_variants(clamp_ps: List[float], top_ks: List[int] = (), top_ps: List[float] = ()):
+    """name -> (kept set, forward function) of every variant; verl's has the full entropy's kept set."""
     from verl.utils.torch_functional import entropy_from_logits
 
-    variants = {"verl": (0.0, lambda x: entropy_from_logits(x))}
-    for p in [0.0, *clamp_ps]:
-        variants[f"aent_p{p:g}"] = (p, lambda x, p=p: aent.clamped_entropy(x, p, impl="torch"))
+    kept_sets = [aent.KeptSet.bottom_p(p) for p in [0.0, *clamp_ps]]
+    kept_sets += [aent.KeptSet.top_k(k) for k in top_ks] + [aent.KeptSet.top_p(p) for p in top_ps]
+    variants = {"verl": (aent.KeptSet.bottom_p(0.0), lambda x: entropy_from_logits(x))}
+    for kept in kept_sets:
+        name = f"aent_p{kept.value:g}" if kept.rule == "bottom_p" else f"aent_{kept.rule}{kept.value:g}"
+        variants[name] = (kept, lambda x, kept=kept: aent.restricted_entropy(x, kept, impl="torch"))
     return variants
 
 
@@ -145,10 +155,10 @@ def check(variants, logits: torch.Tensor, rows: int) -> Dict[str, str]:
 
     value_tol = dict(atol=2e-5, rtol=1e-5)
     grad_tol = dict(atol=2e-6, rtol=1e-4) if logits.dtype == torch.float32 else dict(atol=1e-4, rtol=2e-2)
-    for name, (p, fn) in variants.items():
+    for name, (kept, fn) in variants.items():
         if name == "verl":
             continue
-        ref = run(lambda x, p=p: aent.clamped_entropy(x, p, impl="reference"))
+        ref = run(lambda x, kept=kept: aent.restricted_entropy(x, kept, impl="reference"))
         got = run(fn)
         try:
             torch.testing.assert_close(got[0], ref[0], **value_tol)
@@ -185,7 +195,9 @@ def main(argv=None) -> int:
         f"| torch threads {env['torch_threads']} | {args.tokens} x {args.vocab} {args.dtype}, forward + backward"
     )
     logits = (torch.randn(args.tokens, args.vocab, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
-    variants = make_variants(args.clamp_p)
+    if any(k < 1 for k in args.top_k) or any(not 0.0 < p <= 1.0 for p in args.top_p):
+        raise SystemExit(f"--top-k values must be >= 1 and --top-p values in (0, 1], got {args.top_k} {args.top_p}")
+    variants = make_variants(args.clamp_p, args.top_k, args.top_p)
     checks = check(variants, logits, min(args.check_rows, args.tokens))
 
     def step(fn, leaf=None):
@@ -204,7 +216,7 @@ def main(argv=None) -> int:
                 ratios[name].append(ms / this["verl"])
     logits_mib = logits.numel() * logits.element_size() / 2**20
     rows = []
-    for name, (p, fn) in variants.items():
+    for name, (kept, fn) in variants.items():
         leaf = logits.detach().clone().requires_grad_(True)  # made before the measurement: not counted
         peak = peak_extra_mib(lambda fn=fn, leaf=leaf: step(fn, leaf))
         del leaf
@@ -215,7 +227,7 @@ def main(argv=None) -> int:
                 dtype=args.dtype,
                 tokens=args.tokens,
                 vocab=args.vocab,
-                clamp_p=p,
+                clamp_p=kept.value if kept.rule == "bottom_p" else "-",
                 ms_min=fmt(min(times[name]), 1),
                 ms_median=fmt(statistics.median(times[name]), 1),
                 reps=args.reps,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one script a GPU session runs (one H100 or H200): full-size correctness of the fused kernels, then the entropy
 # benchmark, then the training-step benchmarks (a transformers step, and verl's own actor update with and without
-# AEnt). Every stage runs under its own time limit (90 + 30 + 150 + 60 + 120 s at most,
+# AEnt). Every stage runs under its own time limit (110 + 30 + 150 + 60 + 120 s at most,
 # so the whole script fits one 480-s device call with time left for a rerun in a 15-minute budget) and a failing
 # stage does not stop the next one; the exit status is non-zero if any stage failed or did not run (a stage whose
 # prerequisites do not import counts as failed, and the summary names it).
@@ -68,7 +68,8 @@ EOF
     # 1. Correctness at full size: fused vs torch path (and the float64 reference for 1 and 3 rows), including the
     #    select's fallback passes forced on every row and row skipping (row_mask); then the registers and spills the
     #    driver reports for the compiled kernels, against the compiled-code figures of scripts/kernel_cost.py.
-    stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask)" 90 "$PY" scripts/bench_entropy.py --verify
+    stage "verify (fp32/bf16, T in 1 3 4097, V 151936, fallback, row_mask; top_k 2/64, top_p 0.99 at T <= 3)" 110 \
+        "$PY" scripts/bench_entropy.py --verify
     stage "kernel registers on the device" 30 "$PY" scripts/kernel_cost.py --on-device
     if [ "${AENT_GPU_PYTEST:-0}" = 1 ]; then
         if "$PY" -c "import pytest" 2>/dev/null; then

@@ -101,6 +101,12 @@ V3_CANDIDATE_STEPS = 20
 VOCAB = 151_936
 TOKENS = 4096
 CLAMP_P = 0.33
+#: The nucleus kernel at top_p = TOP_P (TRE-P's setting): refinement passes a typical row makes before its last
+#: pass, by dtype, as measured on synthetic rows by scripts/select_paths.py --top-p (stated here as an assumption).
+TOP_P = 0.99
+NUCLEUS_REFINEMENTS = {"fp32": 2, "bf16": 3}
+#: Generations compiled from the working tree.
+CURRENT = ("v3", "nucleus")
 
 FIELDS = [
     "date_utc",
@@ -197,10 +203,15 @@ def parse_sass(text: str):
     return instructions, labels
 
 
-def find_loops(instructions, labels):
+def find_loops(instructions, labels, innermost_reads: bool = False):
     """Outermost loops (backward branches), in address order: [(start, end)]. A backward branch over the kernel's
     last EXIT is no loop: it returns from out-of-line code placed after the end of the kernel (e.g. the slow path
-    of a warp shuffle under divergence, WARPSYNC.COLLECTIVE) to where that code was branched to."""
+    of a warp shuffle under divergence, WARPSYNC.COLLECTIVE) to where that code was branched to.
+
+    ``innermost_reads`` (the nucleus kernel, whose passes run inside a loop over refinement rounds): instead of the
+    outermost loops, the loops that read global memory with no such loop inside them (the passes), and the loops
+    that read nothing and lie in no pass (per-row loops such as the bisections). The enclosing rounds loop is
+    neither; its own straight-line body counts once, as per-row code."""
     loops = []
     last_exit = max((address for address, opcode, _ in instructions if opcode == "EXIT"), default=None)
     for address, opcode, operands in instructions:
@@ -210,6 +221,19 @@ def find_loops(instructions, labels):
                 start = labels[target.group(1)]
                 if last_exit is None or not start <= last_exit < address:
                     loops.append((start, address))
+    if innermost_reads:
+        loops = sorted(set(loops))
+
+        def reads(loop):
+            return any(op.startswith("LDG") for address, op, _ in instructions if loop[0] <= address <= loop[1])
+
+        def inside(inner, outer):
+            return outer[0] <= inner[0] and inner[1] <= outer[1] and inner != outer
+
+        passes = [a for a in loops if reads(a) and not any(reads(b) and inside(b, a) for b in loops)]
+        others = [a for a in loops if not reads(a) and not any(inside(a, b) for b in passes)]
+        others = [a for a in others if not any(inside(a, b) for b in others)]
+        return sorted(passes + others)
     outer = [loop for loop in loops if not any(o[0] <= loop[0] and loop[1] <= o[1] and o != loop for o in loops)]
     return sorted(set(outer))
 
@@ -307,9 +331,33 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
         f32 = MockTensor(torch.float32)
         key_bits = 32 if dtype == torch.float32 else 16
         common = dict(KEY_BITS=key_bits, IS_BF16=dtype == torch.bfloat16, SELECT=True, COL_CONTIGUOUS=True)
-        forward_block = block or (module.FORWARD_BLOCK_BYTES // size if generation == "v3" else 2048)
+        forward_block = block or (module.FORWARD_BLOCK_BYTES // size if generation in CURRENT else 2048)
         loops = {}
-        if generation == "v1":
+        repeats = {}
+        kernel_name = "_clamped_entropy_forward_kernel"
+        if generation == "nucleus":
+            kernel_name = "_nucleus_entropy_forward_kernel"
+            lane_width = 16 // size
+            pivots = module.NUCLEUS_PIVOTS[size]
+            args = (ptr, vocab, 1, vocab, TOP_P, math.log((1 - TOP_P) / vocab), f32, MockTensor(torch.int32))
+            args += (f32, f32, f32, f32, f32)
+            constants = dict(
+                KEY_BITS=key_bits,
+                IS_BF16=dtype == torch.bfloat16,
+                COL_CONTIGUOUS=True,
+                HAS_ROW_MASK=False,
+                BLOCK=forward_block,
+                LANE_WIDTH=lane_width,
+                PIVOTS=pivots,
+                CANDIDATES=module.CANDIDATES,
+                CANDIDATE_DEPTH=module.CANDIDATE_DEPTH,
+                ROUNDS=module._nucleus_rounds(key_bits, pivots, module.CANDIDATES),
+            )
+            names = [("softmax", "max"), ("mass + counts", "exp"), ("softmax + candidates", "store")]
+            used = [name for name, _ in names]
+            repeats = {"mass + counts": NUCLEUS_REFINEMENTS[dtype_name]}
+            loops = {"candidate bisection": V3_CANDIDATE_STEPS}
+        elif generation == "v1":
             args = (ptr, vocab, 1, vocab, k, f32, f32, f32, f32)
             constants = dict(common, BLOCK=forward_block)
             names = [(f"digit {i + 1}", None) for i in range(key_bits // 8 - 1)] + [("last digit + softmax", "exp")]
@@ -358,6 +406,8 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
         out.append(
             dict(
                 kernel="forward",
+                name=kernel_name,
+                repeats=repeats,
                 dtype=dtype_name,
                 args=args,
                 constants=constants,
@@ -369,6 +419,8 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
                 bytes_per_elem=size,
             )
         )
+        if generation == "nucleus":
+            continue  # the backward is the rank kernel's (v3)
         bwd_args = (ptr, vocab, 1, ptr, vocab, vocab, f32, 1, f32, f32, f32, f32)
         bwd_constants = dict(COL_CONTIGUOUS=True, BLOCK=module.BACKWARD_BLOCK)
         if generation != "v1":
@@ -379,6 +431,8 @@ def variants(module, generation: str, vocab: int, block: Optional[int], warps: i
         out.append(
             dict(
                 kernel="backward",
+                name="_clamped_entropy_backward_kernel",
+                repeats={},
                 dtype=dtype_name,
                 args=bwd_args,
                 constants=bwd_constants,
@@ -430,7 +484,7 @@ def worker(
     module = load_module(source, f"aent_kernel_cost_{generation}")
     rows = []
     for v in variants(module, generation, vocab, block, warps):
-        name = "_clamped_entropy_forward_kernel" if v["kernel"] == "forward" else "_clamped_entropy_backward_kernel"
+        name = v["name"]
         base = dict(
             triton=triton.__version__,
             arch=f"sm_{arch}",
@@ -459,7 +513,9 @@ def worker(
         if v["kernel"] == "backward":
             spans, row_loops = [(instructions[0][0], instructions[-1][0])], []
         else:
-            spans, row_loops = split_loops(instructions, find_loops(instructions, labels))
+            spans, row_loops = split_loops(
+                instructions, find_loops(instructions, labels, innermost_reads=generation == "nucleus")
+            )
         names, note = name_loops(instructions, spans, v["passes"])
         loop_names = list(v["row_loops"])
         if len(row_loops) != len(loop_names):
@@ -473,8 +529,9 @@ def worker(
             per, alu, mem, latency = estimate_pass(counts, v["warps"], v["block"], v["bytes_per_elem"], programs)
             used = pass_name in v["used"]
             ms = max(alu, mem) * TOKENS * vocab / NUM_SMS / CLOCK_HZ * 1e3
+            times = v["repeats"].get(pass_name, 1)
             if used:
-                total_ms += ms
+                total_ms += ms * times
             rows.append(
                 dict(
                     base,
@@ -493,6 +550,7 @@ def worker(
                             [
                                 note,
                                 "" if used else "not run for ordinary rows",
+                                f"run {times} times by a typical row (assumed)" if times != 1 else "",
                                 f"memory side x{latency:.1f} for latency" if latency > 1 else "",
                             ],
                         )
@@ -624,9 +682,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--generations",
         nargs="+",
-        choices=["v1", "v2", "v3"],
-        default=["v1", "v2", "v3"],
-        help=f"kernels to compile: v1 (git {BASELINE_REV}), v2 (git {V2_REV}), v3 (the working tree); default all",
+        choices=["v1", "v2", "v3", "nucleus"],
+        default=["v1", "v2", "v3", "nucleus"],
+        help=f"kernels to compile: v1 (git {BASELINE_REV}), v2 (git {V2_REV}), v3 and nucleus (the working tree's "
+        "rank and top_p kernels); default all",
     )
     parser.add_argument("--configs", nargs="+", help="forward BLOCKxWARPS of the current kernel (default: its own)")
     parser.add_argument(
@@ -669,6 +728,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 block, warps = (int(v) for v in config.lower().split("x"))
             jobs.append(dict(generation="v3", source=str(current), block=block, warps=warps))
+        if "nucleus" in args.generations:
+            jobs.append(dict(generation="nucleus", source=str(current), block=None, warps=_default_warps(current)))
         for triton_path in args.triton_path or ["default"]:
             for arch in args.arch:
                 for job in jobs:
@@ -717,7 +778,7 @@ def on_device() -> int:
 
 
 def _default_warps(source: Path) -> int:
-    return int(re.search(r'AENT_TRITON_FORWARD_WARPS", "(\d+)"', source.read_text()).group(1))
+    return int(re.search(r"^FORWARD_WARPS = (\d+)", source.read_text(), re.M).group(1))
 
 
 if __name__ == "__main__":

@@ -29,4 +29,4 @@ def test_bad_values_are_reported_by_name():
     with pytest.raises(ValueError, match="lr must be >= 0"):
         aent.build_coefficient(0.01, lr=-1.0)
     with pytest.raises(ValueError, match="init"):
-        aent.build_coefficient(0.5, lr=0.1, coef_min=0.0, coef_max=0.1)
+        aent.build_coefficient(0.5, lr=0.1, entropy_low=0.1, entropy_high=0.2, coef_min=0.0, coef_max=0.1)

@@ -46,8 +46,8 @@ def test_nonfinite_measurement_is_counted_and_ignored():
     c = aent.AdaptiveCoefficient(**PAPER_A)
     c.update(0.0, 0)
     before = c.value
-    for bad in (float("nan"), float("inf"), float("-inf")):
-        assert c.update(bad, 1) == before
+    for step, bad in enumerate((float("nan"), float("inf"), float("-inf")), start=1):
+        assert c.update(bad, step) == before
     assert c.num_nonfinite == 3 and c.last_entropy == 0.0
 
 

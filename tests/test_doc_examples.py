@@ -134,7 +134,9 @@ STAND_INS: Dict[str, Callable[[], Any]] = {
     "checkpoint": dict,
     "logits": _logits,
     "response_mask": lambda: torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], dtype=torch.bool),
-    "coef": lambda: __import__("aent").build_coefficient(0.002, lr=0.002, entropy_low=0.15, entropy_high=0.24),
+    "coef": lambda: __import__("aent").build_coefficient(
+        0.002, lr=0.002, entropy_low=0.15, entropy_high=0.24, coef_min=6e-4, coef_max=9e-3
+    ),
     "clamp_p": lambda: 0.33,
     "pg_loss": lambda: torch.zeros((), requires_grad=True),
     "token_weighted_mean_of": lambda: float,

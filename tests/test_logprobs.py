@@ -8,7 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import aent
 
-IMPLS = ["torch", "reference"]  # a new entropy implementation is tested by adding its name
+IMPLS = ["torch", "reference", "triton"]  # a new implementation is tested by adding its name (triton: interpreted)
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter
 
 
 def _inputs(shape, dtype, seed=0):

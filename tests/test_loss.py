@@ -29,6 +29,11 @@ def test_aggregate_matches_verl_agg_loss(mode):
         values, mask, mode, batch_num_tokens=2 * n_tok, global_batch_size=2 * n_seq, loss_scale_factor=5
     )
     torch.testing.assert_close(ours_g, theirs_g.to(ours.dtype), atol=1e-6, rtol=1e-6)
+    ours_dp = aent.aggregate(values, mask, mode, num_tokens=2 * n_tok, num_seqs=2 * n_seq, dp_size=2)
+    theirs_dp = core_algos.agg_loss(
+        values, mask, mode, dp_size=2, batch_num_tokens=2 * n_tok, global_batch_size=2 * n_seq
+    )
+    torch.testing.assert_close(ours_dp, theirs_dp.to(ours.dtype), atol=1e-6, rtol=1e-6)
 
 
 def test_aggregate_by_hand():
@@ -57,6 +62,7 @@ def test_entropy_bonus_is_coef_times_aggregated_clamped_entropy(mode):
     token_mean = float((ref * mask).sum() / mask.sum())
     assert metrics["clamped_entropy"] == pytest.approx(token_mean, rel=1e-5)
     assert metrics["coef"] == 0.003 and metrics["num_tokens"] == float(mask.sum())
+    assert metrics["entropy_sum"] == pytest.approx(float((ref * mask).sum()), rel=1e-5)
     (-term).backward()
     assert torch.all(x.grad[mask == 0] == 0)
     assert x.grad[mask == 1].abs().sum() > 0
@@ -80,7 +86,72 @@ def test_entropy_bonus_bad_input():
         aent.entropy_bonus(logits, mask, "0.1", 0.3)
     with pytest.raises(ValueError, match="clamp_p"):
         aent.entropy_bonus(logits, mask, 0.1, 1.2)
+    with pytest.raises(ValueError, match="dp_size"):
+        aent.entropy_bonus(logits, mask, 0.1, 0.3, dp_size=0)
+    with pytest.raises(ValueError, match="top_k must be an integer"):
+        aent.entropy_bonus(logits, mask, 0.1, aent.KeptSet("top_k", 0))
     bad = logits.clone()
-    bad[0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    response = mask.nonzero()[0].tolist()
+    bad[response[0], response[1], 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or \+inf in 1 of \d+ response tokens"):
         aent.entropy_bonus(bad, mask, 0.1, 0.3)
+    term, metrics = aent.entropy_bonus(bad, mask, 0.1, 0.3, check_finite=False)
+    assert torch.isfinite(term) and metrics["nonfinite_tokens"] == 1.0
+
+
+def test_prompt_rows_are_never_computed():
+    logits, mask = _batch(seed=4)
+    logits[mask == 0] = float("nan")  # garbage outside the response: never read
+    x = logits.clone().requires_grad_(True)
+    term, metrics = aent.entropy_bonus(x, mask, 0.01, aent.KeptSet.top_k(2))
+    term.backward()
+    assert torch.isfinite(term) and torch.all(x.grad[mask == 0] == 0)
+    ref = aent.topk_entropy(logits.double(), 2, impl="reference", row_mask=mask.bool())
+    assert metrics["clamped_entropy"] == pytest.approx(float(ref.sum() / mask.sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", aent.LOSS_AGG_MODES)
+@pytest.mark.parametrize("kept", [aent.KeptSet.bottom_p(0.33), aent.KeptSet.top_k(3), aent.KeptSet.top_p(0.9)])
+def test_global_denominators_make_micro_batches_add_up(mode, kept):
+    """Two micro-batches with the mini-batch's token and sequence counts sum to the term of the whole mini-batch;
+    with dp_size ranks each term is dp_size times larger (the ranks' gradients are averaged)."""
+    logits, mask = _batch(seed=5, bs=6)
+    whole, _ = aent.entropy_bonus(logits, mask, 0.01, kept, mode)
+    n_tok, n_seq = mask.sum(), (mask.sum(-1) > 0).sum()
+    parts = [
+        aent.entropy_bonus(logits[s], mask[s], 0.01, kept, mode, num_tokens=n_tok, num_seqs=n_seq, loss_scale_factor=9)
+        for s in (slice(0, 2), slice(2, 6))
+    ]
+    torch.testing.assert_close(parts[0][0] + parts[1][0], whole)
+    ranked, _ = aent.entropy_bonus(logits, mask, 0.01, kept, mode, dp_size=4)
+    torch.testing.assert_close(ranked, 4 * whole)
+    # the step's token-weighted mean from the micro-batches' metrics
+    total = sum(m["entropy_sum"] for _, m in parts) / sum(m["num_tokens"] for _, m in parts)
+    assert total == pytest.approx(aent.entropy_bonus(logits, mask, 0.01, kept)[1]["clamped_entropy"], rel=1e-6)
+
+
+def test_one_host_synchronisation_besides_the_entropy_op(monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"syncs": 0}
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        counts["syncs"] += 1
+        return tolist(self)
+
+    class Syncs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                counts["syncs"] += 1
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    logits, mask = _batch(seed=6)
+    coef = aent.TargetCoefficient(init=0.001, target=0.2, delta=1e-4, coef_min=0.0, coef_max=0.005)
+    with Syncs():
+        aent.restricted_entropy(logits, 0.33, row_mask=mask.bool(), impl="torch", check_finite=False)
+    alone, counts["syncs"] = counts["syncs"], 0
+    with Syncs():
+        aent.entropy_bonus(logits, mask, coef, 0.33, impl="torch")
+    assert counts["syncs"] - alone == 1

@@ -4,6 +4,7 @@ finite logit and row_mask. The rules and implementations come from tests/rules.p
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -164,10 +165,37 @@ def test_hand_computed_nucleus():
     assert aent.topk_entropy(z, 2).item() == pytest.approx(float(-(q * q.log()).sum()), abs=1e-6)
 
 
-def test_nucleus_larger_than_the_first_candidates():
-    """A flat row whose nucleus holds thousands of tokens: the candidate search widens until it is exact."""
-    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(17)) * 0.1
-    _check(x, aent.KeptSet.top_p(0.99), "torch")
+@pytest.mark.parametrize(
+    "buckets, span", [(1024, 32.0), (3, 0.5), (1, 1.0)], ids=["defaults", "coarse-histogram", "one-bucket"]
+)
+@pytest.mark.parametrize("top_p", [0.3, 0.99])
+def test_nucleus_threshold_search_is_exact_on_every_path(monkeypatch, buckets, span, top_p):
+    """The crossing is found in the mass histogram and its bucket, whatever the histogram's resolution."""
+    entropy_module = importlib.import_module("aent.entropy")
+    monkeypatch.setattr(entropy_module, "_NUCLEUS_BUCKETS", buckets)
+    monkeypatch.setattr(entropy_module, "_NUCLEUS_RANGE", span)
+    x = _logits((7, 2001), torch.float32, seed=17)
+    x[4] *= 0.03  # a flat row: a nucleus of about top_p * V tokens
+    x[5] = torch.round(x[5])  # ties everywhere
+    _check(x, aent.KeptSet.top_p(top_p), "torch")
+
+
+def test_nucleus_rows_whose_crossing_rounding_hides_are_sorted_whole(monkeypatch):
+    """The fallback of the threshold search: a crossing the bucket's own sums miss is found in the sorted row."""
+    entropy_module = importlib.import_module("aent.entropy")
+    scatter = torch.Tensor.scatter_reduce_
+
+    def missed(self, *args, **kwargs):  # every bucket search comes back empty
+        out = scatter(self, *args, **kwargs)
+        return out.fill_(self.numel() + 10**9)
+
+    x = _logits((5, 301), torch.float32, seed=19)
+    direct = entropy_module._nucleus_threshold(x, 0.9)
+    monkeypatch.setattr(torch.Tensor, "scatter_reduce_", missed)
+    fallback = entropy_module._nucleus_threshold(x, 0.9)
+    assert torch.isfinite(fallback[[0, 1, 3, 4]]).all() and fallback[2] == float("-inf")  # row 2: no finite logit
+    torch.testing.assert_close(fallback, direct, atol=0, rtol=0)
+    _check(x, aent.KeptSet.top_p(0.9), "torch")  # the whole op on the fallback path
 
 
 @pytest.mark.parametrize(

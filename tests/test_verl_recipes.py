@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-RECIPES = ("grpo_math", "aent_grpo_math", "entreg_math", "aent_grpo_openr1")
+RECIPES = ("grpo_math", "aent_grpo_math", "entreg_math", "aent_grpo_openr1", "tre_topk_math", "skywork_math")
 EVAL_SETS = ("math_hard", "math500", "aime24", "amc23", "minerva", "olympiadbench")
 
 
@@ -66,6 +66,8 @@ def test_setting_a_recipes_share_data_and_hyperparameters(recipes):
     base = shared(recipes["grpo_math"])
     assert shared(recipes["aent_grpo_math"]) == base
     assert shared(recipes["entreg_math"]) == base
+    assert shared(recipes["tre_topk_math"]) == base
+    assert shared(recipes["skywork_math"]) == base
     assert recipes["grpo_math"].data.train_batch_size == 512 and recipes["grpo_math"].actor_rollout_ref.rollout.n == 16
     assert recipes["grpo_math"].data.max_response_length == 3072
     assert recipes["grpo_math"].actor_rollout_ref.actor.ppo_mini_batch_size == 128
@@ -90,6 +92,51 @@ def test_aent_recipes_carry_the_paper_settings(recipes):
     e = check_config(recipes["entreg_math"])
     assert e.clamp_p == 0.0 and not e.adaptive
     assert type(e.build_coefficient()).__name__ == "ConstantCoefficient"
+
+
+def test_the_relatives_recipes_carry_their_authors_settings(recipes):
+    import aent
+    from aent.verl.checks import check_config
+
+    t = check_config(recipes["tre_topk_math"])
+    assert t.kept_set == aent.KeptSet.top_k(2) and t.controller == "constant" and not t.adaptive
+    coef = t.build_coefficient()
+    assert type(coef) is aent.ConstantCoefficient and coef.value == 0.001
+    s = check_config(recipes["skywork_math"])
+    assert s.kept_set == aent.KeptSet.bottom_p(0.0) and s.kept_set.is_full(151_936) and s.adaptive
+    coef = s.build_coefficient()
+    assert type(coef) is aent.TargetCoefficient
+    assert coef.config() == {
+        "init": 0.0,
+        "target": 0.2,
+        "delta": 1e-4,
+        "coef_min": 0.0,
+        "coef_max": 0.005,
+        "warmup_steps": 0,
+    }
+
+
+def test_rule_and_controller_overrides_on_verls_own_config():
+    import aent
+    from aent.verl.checks import check_config
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(
+            config_name="grpo_math",
+            overrides=[
+                "trainer.v1.trainer_mode=aent",
+                "+aent.kept=top_p",
+                "+aent.top_p=0.99",
+                "+aent.controller=target",
+                "+aent.target_entropy=0.3",
+                "+aent.delta=2e-4",
+                "+aent.coef_init=0.001",
+            ],
+        )
+    opts = check_config(cfg)
+    assert opts.kept_set == aent.KeptSet.top_p(0.99)
+    coef = opts.build_coefficient()
+    assert type(coef) is aent.TargetCoefficient and (coef.target, coef.delta, coef.value) == (0.3, 2e-4, 0.001)
 
 
 def test_user_overrides_apply():
@@ -144,6 +191,28 @@ REFUSALS = [
     (["aent.chunk_size=0"], "aent.chunk_size"),
     (["aent.coef_min=0.01", "aent.coef_max=0.001"], "aent.coef_min"),
     (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode=aent_colocate_async"),
+    (["+aent.kept=top_k"], "aent.kept=top_k needs aent.top_k"),
+    (["+aent.kept=top_p"], "aent.kept=top_p needs aent.top_p"),
+    (["+aent.kept=top_k", "+aent.top_k=0"], "aent.top_k must be an integer >= 1"),
+    (["+aent.kept=top_k", "+aent.top_k=1.5"], "aent.top_k must be an integer >= 1"),
+    (["+aent.kept=top_p", "+aent.top_p=1.5"], "aent.top_p must be a number in (0, 1]"),
+    (["+aent.kept=top_k", "+aent.top_k=2", "aent.clamp_p=0.2"], "aent.clamp_p=0.2 is an option of aent.kept=bottom_p"),
+    (["+aent.top_k=2"], "aent.top_k=2 is an option of aent.kept=top_k, but this run has aent.kept=bottom_p"),
+    (["+aent.kept=top_k", "+aent.top_k=2", "+aent.top_p=0.9"], "aent.top_p=0.9 is an option of aent.kept=top_p"),
+    (["+aent.kept=nucleus"], "aent.kept must be one of"),
+    (["+aent.controller=pid"], "aent.controller must be one of"),
+    (["+aent.controller=target"], "aent.controller=target needs aent.target_entropy"),
+    (["+aent.controller=target", "+aent.target_entropy=0.2"], "aent.controller=target needs aent.delta"),
+    (["+aent.target_entropy=0.2"], "aent.target_entropy=0.2 is an option of aent.controller=target"),
+    (
+        ["+aent.controller=target", "+aent.target_entropy=0.2", "+aent.delta=1e-4", "aent.entropy_low=0.1"],
+        "aent.entropy_low=0.1 is an option of aent.controller=band",
+    ),
+    (["+aent.controller=constant", "aent.lr=0.01"], "aent.lr=0.01 is an option of aent.controller=band"),
+    (
+        ["+aent.controller=constant", "aent.coef_max=0.01"],
+        "aent.coef_max=0.01 is an option of aent.controller=band|target",
+    ),
     (["+aent.base_loss_mode=gspo"], "aent.base_loss_mode"),  # applies only with policy_loss.loss_mode=aent
 ]
 

@@ -165,7 +165,7 @@ def test_loss_is_installed_once_after_init(tmp_path):
     trainer.on_init_end()
     (loss_fn,) = trainer.actor_rollout_wg.loss_fns
     assert isinstance(loss_fn, AEntPolicyLoss)
-    assert loss_fn.clamp_p == 0.33 and loss_fn.chunk_size == 64
+    assert loss_fn.kept == aent.KeptSet.bottom_p(0.33) and loss_fn.chunk_size == 64
     assert loss_fn.actor_config.loss_agg_mode == "token-mean" and loss_fn.actor_config.entropy_coeff == 0
     assert trainer.checkpoint_manager.updated == [1]  # verl's sync on_init_end still runs
 
@@ -184,7 +184,9 @@ def test_step_flags_and_controller_update(tmp_path, one_update_per_step, mode):
         for u in range(updates)
     ]
     trainer = _trainer(_config(tmp_path, "aent.warmup_steps=0", *MODE_OVERRIDES[mode]), script)
-    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=0
+    )
     for step in range(1, len(per_step) + 1):
         trainer.global_steps = step
         metrics = {}
@@ -264,6 +266,33 @@ def test_checkpoint_save_then_load_restores_the_controller(tmp_path, one_update_
     )
     by_path._load_checkpoint()
     assert by_path.coefficient.value == saved["value"]
+
+
+def test_the_target_controller_and_top_k_kept_set_through_a_checkpoint(tmp_path, one_update_per_step):
+    """skywork_math's target controller drives the steps (gate closed: coefficient 0 on the next batch) and comes
+    back from aent_controller.json; tre_topk_math's loss carries its kept set."""
+    cfg = _config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math")
+    # entropies 0.1 (below the 0.2 target: +delta, gate open) then 0.5 (above: -delta, gate closed)
+    trainer = _trainer(cfg, [([10.0], [100.0]), ([50.0], [100.0])])
+    for step in (1, 2):
+        trainer.global_steps = step
+        trainer.step({}, {})
+    sent = [batch["aent_coef"] for batch in trainer.actor_rollout_wg.update_batches]
+    assert sent == [0.001, pytest.approx(0.0011)]
+    assert trainer.coefficient.value == 0.0 and trainer.coefficient.coef == pytest.approx(0.001)
+    trainer._save_checkpoint()
+    state = json.loads((tmp_path / "ckpt" / "global_step_2" / "aent_controller.json").read_text())["coefficient"]
+    assert state["kind"] == "target" and state["gate"] is False and state["step"] == 2
+    resumed = _trainer(_config(tmp_path, "aent.coef_init=0.001", recipe="skywork_math"), [([10.0], [100.0])])
+    resumed._load_checkpoint()
+    assert resumed.coefficient.state_dict() == trainer.coefficient.state_dict()
+    resumed.global_steps = 3
+    resumed.step({}, {})
+    assert resumed.actor_rollout_wg.update_batches[0]["aent_coef"] == 0.0  # the closed gate: no bonus on step 3
+    assert resumed.coefficient.value == pytest.approx(0.0011)  # 0.1 < 0.2: reopened, +delta
+
+    topk = _trainer(_config(tmp_path / "topk", recipe="tre_topk_math"), [])
+    assert topk.build_aent_loss().kept == aent.KeptSet.top_k(2)
 
 
 def test_resume_with_another_kind_of_coefficient_is_refused(tmp_path):
@@ -402,7 +431,9 @@ def test_ppo_with_a_critic_through_critic_warmup_and_an_aent_step(tmp_path):
     assert ("critic", 2) in calls
     (sent,) = trainer.actor_rollout_wg.update_batches
     assert sent["aent_coef"] == 0.002 and sent["distillation_use_topk"] is True
-    reference = aent.AdaptiveCoefficient(0.002, 0.15, 0.24, 0.002, 6e-4, 9e-3, warmup_steps=0)
+    reference = aent.AdaptiveCoefficient(
+        init=0.002, entropy_low=0.15, entropy_high=0.24, lr=0.002, coef_min=6e-4, coef_max=9e-3, warmup_steps=0
+    )
     reference.update(16.0 / 160.0, 2)
     assert metrics["actor/aent_clamped_entropy"] == pytest.approx(0.1, rel=1e-12)
     assert trainer.coefficient.value == pytest.approx(reference.value, rel=1e-12) and reference.value > 0.002

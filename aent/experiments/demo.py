@@ -496,7 +496,7 @@ def grpo_loss(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.AdaptiveCoefficient, float]:
+def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.Controller, float]:
     """The coefficient object and ``clamp_p`` of an arm.
 
     * ``grpo``: coefficient 0 (the entropy is still measured, at AEnt's ``clamp_p`` so that arms compare);

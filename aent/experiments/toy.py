@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from aent.advantage import grpo_advantages
-from aent.coefficient import AdaptiveCoefficient, build_coefficient
+from aent.coefficient import Controller, build_coefficient
 from aent.entropy import num_removed
 
 __all__ = [
@@ -358,7 +358,7 @@ class ToyConfig:
             positive_int("threads", self.threads)
 
 
-def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> AdaptiveCoefficient:
+def _make_coefficient(spec: LearnerSpec, cfg: ToyConfig) -> Controller:
     if spec.kind == "adaptive":
         return build_coefficient(
             spec.coef,

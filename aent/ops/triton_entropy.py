@@ -1,9 +1,10 @@
-"""Fused Triton kernels for the clamped entropy (SPEC section 1; AEnt, arXiv 2509.03493, section 3).
+"""Fused Triton kernels for the restricted entropies: the rank rules (the clamp of docs/METHOD.md, "Clamped entropy";
+AEnt, arXiv 2509.03493, section 3; top_k) and the nucleus.
 
 Two launches per forward + backward, and only four float32 numbers per row kept in between:
 
 Forward (one program per row)
-    The threshold (the element of rank ``k``, SPEC's ``t``) is found without a histogram of the whole row: counting
+    The threshold (the element of rank ``k``, docs/METHOD.md's ``t``) is found without a histogram of the whole row: counting
     against a few values is a compare and an add per element, whereas ``tl.histogram`` under Triton 3.7.1 (the
     version torch 2.13 pins) costs ~75 instructions per element, far more than streaming the element.
 
@@ -29,6 +30,10 @@ Forward (one program per row)
 Backward (a 2-D grid of row x column blocks)
     Reads the logits once and writes the gradient ``-q_a (log q_a + H) * grad_out`` once (0 off the kept set).
 
+Nucleus (``top_p``, :func:`nucleus_entropy_rows`): the same statistics from :func:`_nucleus_entropy_forward_kernel`,
+which selects the threshold by probability mass (a max-and-sum pass, refinement passes that sum ``exp(z - max)`` and
+count elements per pivot, then pass 2 above choosing by mass); the backward above is shared.
+
 Rows where the optional ``row_mask`` is False are not read by either kernel: entropy 0, gradient row 0.
 
 Row layout: every pass reads a row's elements from its first 16-byte boundary on in whole 16-byte runs (one vector
@@ -39,7 +44,7 @@ in memory may give results that differ in the last bit.
 
 Key mapping: the float's bits ``b`` read as a signed integer, and ``b ^ 0x7FF..F`` for negative ``b`` (flip the
 magnitude bits), orders exactly like the floats, with ``-inf`` below every finite value. ``-0.0`` is mapped to
-``+0.0`` first so that keys are equal exactly when the floats compare equal: the SPEC tie rule (keep every token
+``+0.0`` first so that keys are equal exactly when the floats compare equal: the tie rule of docs/METHOD.md (keep every token
 with ``z >= t``) then follows from selecting the key of rank ``k``. The kept set is applied as ``z >= t`` on the
 float values, in the same way in both kernels.
 
@@ -55,6 +60,7 @@ module for that reason.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import NamedTuple
 
@@ -65,6 +71,8 @@ import triton.language as tl
 __all__ = [
     "clamped_entropy_rows",
     "forward_passes",
+    "nucleus_entropy_rows",
+    "nucleus_forward_passes",
     "SUPPORTED_DTYPES",
     "FORWARD_BLOCK",
     "BACKWARD_BLOCK",
@@ -79,10 +87,10 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (scripts/bench_entropy.py --fused-configs). The forward block defaults to FORWARD_BLOCK_BYTES of logits (2048
 # float32 or 4096 bfloat16/float16 elements), so that a program has the same bytes in flight in every dtype.
 FORWARD_BLOCK_BYTES = 8192
-FORWARD_BLOCK = int(os.environ["AENT_TRITON_FORWARD_BLOCK"]) if os.environ.get("AENT_TRITON_FORWARD_BLOCK") else None
-FORWARD_WARPS = int(os.environ.get("AENT_TRITON_FORWARD_WARPS", "8"))
-BACKWARD_BLOCK = int(os.environ.get("AENT_TRITON_BACKWARD_BLOCK", "4096"))
-BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
+FORWARD_BLOCK = None  # None: FORWARD_BLOCK_BYTES of logits
+FORWARD_WARPS = 8
+BACKWARD_BLOCK = 4096
+BACKWARD_WARPS = 8
 # The select: PIVOTS values from a sample of SAMPLE elements split the row in pass 1; the interval that holds the
 # threshold is finished in pass 2 on a per-row buffer when it holds at most CANDIDATES elements and no lane of the
 # block (a 16-byte run per iteration) meets more than CANDIDATE_DEPTH runs with one. The buffer is CANDIDATE_DEPTH x
@@ -90,8 +98,34 @@ BACKWARD_WARPS = int(os.environ.get("AENT_TRITON_BACKWARD_WARPS", "8"))
 # dtype (8% of the float32 logits at V = 151,936, 16% of bfloat16), freed before the backward allocates the gradient.
 SAMPLE = 2048
 PIVOTS = {4: 8, 2: 6}  # by element size: fewer in 16-bit types, whose pass 1 has half the time per element
-CANDIDATES = int(os.environ.get("AENT_TRITON_CANDIDATES", "4096"))
-CANDIDATE_DEPTH = int(os.environ.get("AENT_TRITON_CANDIDATE_DEPTH", "16"))
+CANDIDATES = 4096
+CANDIDATE_DEPTH = 16
+# The nucleus select: values that split the threshold's interval per refinement pass, by element size.
+NUCLEUS_PIVOTS = {4: 8, 2: 4}
+#: Environment variables that override the defaults above (read at each call, not at import), by config field.
+ENVIRONMENT = {
+    "forward_block": "AENT_TRITON_FORWARD_BLOCK",
+    "forward_warps": "AENT_TRITON_FORWARD_WARPS",
+    "backward_block": "AENT_TRITON_BACKWARD_BLOCK",
+    "backward_warps": "AENT_TRITON_BACKWARD_WARPS",
+    "candidates": "AENT_TRITON_CANDIDATES",
+    "candidate_depth": "AENT_TRITON_CANDIDATE_DEPTH",
+}
+
+
+def _from_environment(field: str, default):
+    """The integer in the environment variable of config ``field`` (:data:`ENVIRONMENT`), else ``default``."""
+    name = ENVIRONMENT[field]
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {name} must be an integer (a power of two), got {text!r}; unset it to use the "
+            "default"
+        ) from None
 
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2(e)); exp2 is one instruction
@@ -363,12 +397,14 @@ def _softmax_and_candidates(
     lo,
     hi,
     rank,
+    target,
     row_max,
     COL_CONTIGUOUS: tl.constexpr,
     LANES: tl.constexpr,
     LANE_WIDTH: tl.constexpr,
     DEPTH: tl.constexpr,
     CANDIDATES: tl.constexpr,
+    MASS: tl.constexpr,
 ):
     """Pass 2: softmax sums over the elements ``>= hi`` (all kept), and a list of the runs that hold elements of
     ``[lo, hi)``: the block is read as ``LANES`` runs of ``LANE_WIDTH`` contiguous elements (one vector load each),
@@ -376,6 +412,8 @@ def _softmax_and_candidates(
     (no communication between threads). Then the listed runs are gathered, their interval elements (the candidates)
     packed into the ``CANDIDATES`` float32 slots after the list (the edge runs' first, packed before the pass), the
     threshold (the candidate of 0-based ``rank``) found by bisection on their keys, and the kept candidates added.
+    With ``MASS`` (the nucleus) the threshold is instead the largest candidate ``t`` whose elements ``>= t`` (the
+    candidates and every element ``>= hi``) carry a sum of ``exp(z - max)`` of at least ``target``; ``rank`` unused.
     Returns (sum of weights, sum of weight x shifted value, threshold, whether the list fit)."""
     lanes = tl.arange(0, LANES)
     tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
@@ -438,11 +476,20 @@ def _softmax_and_candidates(
     offset = _sorted_key(cz, 32).to(tl.uint32, bitcast=True) - key_lo
     bits = tl.arange(0, 32).to(tl.uint32)
     num_bits = tl.sum(((span >> bits) != 0).to(tl.int32), 0)
-    # Largest v with (candidates below v) <= rank: the offset of the candidate of that rank.
     found = span * 0
-    for i in range(num_bits):
-        trial = found + (span * 0 + 1 << (num_bits - 1 - i).to(tl.uint32))
-        found = tl.where(_count_below(offset, filled, trial) <= rank, trial, found)
+    if MASS:
+        # Largest v with (mass of the candidates at or above v) + (mass above hi) >= target: a candidate's offset.
+        cw = tl.where(filled, tl.math.exp2((cz - row_max) * LOG2E), 0.0)
+        above = tl.sum(lane_total, 0) + tl.sum(edge_total, 0)
+        for i in range(num_bits):
+            trial = found + (span * 0 + 1 << (num_bits - 1 - i).to(tl.uint32))
+            mass = above + tl.sum(tl.where(offset >= trial, cw, 0.0), 0)
+            found = tl.where(mass >= target, trial, found)
+    else:
+        # Largest v with (candidates below v) <= rank: the offset of the candidate of that rank.
+        for i in range(num_bits):
+            trial = found + (span * 0 + 1 << (num_bits - 1 - i).to(tl.uint32))
+            found = tl.where(_count_below(offset, filled, trial) <= rank, trial, found)
     cz = tl.load(candidates_ptr + slots, mask=filled, other=0.0, cache_modifier=".cg")  # again: fewer live registers
     kept = filled & (offset >= found) & (cz > float("-inf"))
     shifted = tl.where(kept, (cz - row_max) * LOG2E, 0.0)
@@ -489,6 +536,41 @@ def _online_softmax(
 
 
 @triton.jit
+def _full_softmax(
+    base, head, n, end, tail, stride_col, COL_CONTIGUOUS: tl.constexpr, BLOCK: tl.constexpr, LANE_WIDTH: tl.constexpr
+):
+    """One pass over the row (the edge runs first): its maximum, NaN/+inf flag, and the sums of ``exp(z - max)`` and
+    ``exp(z - max) (z - max)`` over its finite elements, kept per position with an online max."""
+    neg_inf = float("-inf")
+    offsets = tl.arange(0, BLOCK)
+    cols, edge = _edge_columns(offsets, head, n, tail, LANE_WIDTH)
+    lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
+        tl.full([BLOCK], neg_inf, dtype=tl.float32),
+        tl.zeros([BLOCK], dtype=tl.int32),
+        tl.zeros([BLOCK], dtype=tl.float32),
+        tl.zeros([BLOCK], dtype=tl.float32),
+        base,
+        cols,
+        edge,
+        stride_col,
+        COL_CONTIGUOUS,
+    )
+    for start in range(LANE_WIDTH, end, BLOCK):
+        cols = start + offsets
+        lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
+            lane_max, lane_invalid, lane_total, lane_weighted, base, cols, cols < end, stride_col, COL_CONTIGUOUS
+        )
+    row_max = tl.max(lane_max, 0)
+    invalid = tl.max(lane_invalid, 0) > 0
+    lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
+    total = tl.sum(lane_total * lane_scale, 0)
+    weighted = tl.sum(
+        tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
+    )
+    return row_max, invalid, total, weighted
+
+
+@triton.jit
 def _clamped_entropy_forward_kernel(
     x_ptr,
     stride_row,
@@ -516,7 +598,6 @@ def _clamped_entropy_forward_kernel(
     CANDIDATE_DEPTH: tl.constexpr,
 ):
     row = tl.program_id(0)
-    offsets = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
     neg_inf = float("-inf")
     n = vocab
@@ -631,12 +712,14 @@ def _clamped_entropy_forward_kernel(
                 lo,
                 hi,
                 num_removed - below_lo,
+                0.0,
                 row_max,
                 COL_CONTIGUOUS,
                 LANES,
                 LANE_WIDTH,
                 CANDIDATE_DEPTH,
                 CANDIDATES,
+                False,
             )
         # Fallback (the sample missed, heavy ties put too many elements in the interval, or one lane overflowed):
         # exact radix select, 8 bits per pass, each a 256-bin histogram of the next digit among the elements whose
@@ -665,30 +748,9 @@ def _clamped_entropy_forward_kernel(
                 else:
                     target = target | (digit << shift)
     else:
-        # k = 0: one pass, the softmax sums kept per position with an online max; the edge runs first.
-        cols, edge = _edge_columns(offsets, head, n, tail, LANE_WIDTH)
-        lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
-            tl.full([BLOCK], neg_inf, dtype=tl.float32),
-            tl.zeros([BLOCK], dtype=tl.int32),
-            tl.zeros([BLOCK], dtype=tl.float32),
-            tl.zeros([BLOCK], dtype=tl.float32),
-            base,
-            cols,
-            edge,
-            stride_col,
-            COL_CONTIGUOUS,
-        )
-        for start in range(LANE_WIDTH, end, BLOCK):
-            cols = start + offsets
-            lane_max, lane_invalid, lane_total, lane_weighted = _online_softmax(
-                lane_max, lane_invalid, lane_total, lane_weighted, base, cols, cols < end, stride_col, COL_CONTIGUOUS
-            )
-        row_max = tl.max(lane_max, 0)
-        invalid = tl.max(lane_invalid, 0) > 0
-        lane_scale = tl.where(lane_total > 0, tl.exp(lane_max - row_max), 0.0)
-        total = tl.sum(lane_total * lane_scale, 0)
-        weighted = tl.sum(
-            tl.where(lane_total > 0, lane_scale * (lane_weighted + lane_total * (lane_max - row_max)), 0.0), 0
+        # k = 0: one pass, the softmax sums kept per position with an online max.
+        row_max, invalid, total, weighted = _full_softmax(
+            base, head, n, end, tail, stride_col, COL_CONTIGUOUS, BLOCK, LANE_WIDTH
         )
         threshold = total * 0.0 + neg_inf
 
@@ -833,12 +895,392 @@ def _clamped_entropy_backward_kernel(
         )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The nucleus (top_p) kernel: the threshold is selected by probability mass instead of by count.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dtype_key(x, KEY_BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """Sorted key of ``x`` (a float32 holding a value of the input dtype) in the input dtype's key space."""
+    if KEY_BITS == 32:
+        key = _sorted_key(x, 32)
+    elif IS_BF16:
+        key = _sorted_key(x.to(tl.bfloat16), 16)
+    else:
+        key = _sorted_key(x.to(tl.float16), 16)
+    return key
+
+
+@triton.jit
+def _round_down(x, KEY_BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """The largest value of the input dtype ``<= x`` (a float32), as float32."""
+    if KEY_BITS == 32:
+        value = x
+    else:
+        if IS_BF16:
+            near = x.to(tl.bfloat16)
+        else:
+            near = x.to(tl.float16)
+        nearest = near.to(tl.float32)
+        below = _key_to_float(_sorted_key(near, 16) - 1, 16, IS_BF16)
+        value = tl.where(nearest > x, below, nearest)
+    return value
+
+
+@triton.jit
+def _nucleus_pivots(lo, up, by_key, PIVOTS: tl.constexpr, KEY_BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """``PIVOTS`` values of the input dtype from ``lo`` (the first) up to below ``up`` that split ``[lo, up)`` into
+    ``PIVOTS`` intervals: evenly in value, or (``by_key``, or where value steps cannot split it) evenly in the
+    dtype's key space: each interval then holds at most ``ceil(span / PIVOTS)`` keys, so such rounds end on a
+    single key. Slots past ``PIVOTS`` are +inf."""
+    index = tl.arange(0, 8)
+    step = index.to(tl.float32) / PIVOTS
+    in_value = _round_down(lo + (up - lo) * step, KEY_BITS, IS_BF16)
+    in_value = tl.minimum(tl.where(in_value == in_value, tl.maximum(in_value, lo), lo), up)
+    key_lo = _dtype_key(lo, KEY_BITS, IS_BF16)
+    span = (_dtype_key(up, KEY_BITS, IS_BF16) - key_lo).to(tl.uint32, bitcast=True)
+    part = index.to(tl.uint32)
+    offset = span // PIVOTS * part + span % PIVOTS * part // PIVOTS
+    in_key = _key_to_float(key_lo + offset.to(tl.int32, bitcast=True), KEY_BITS, IS_BF16)
+    # In value space unless that cannot split the interval: pivots that coincide (a span of a few values of the
+    # dtype) or a span beyond any row's (the restart from the lowest value).
+    nxt = tl.max(tl.where(index[:, None] + 1 == index[None, :], in_value[None, :], float("-inf")), 1)
+    nxt = tl.where(index + 1 < PIVOTS, nxt, up)  # the pivot after each, and up after the last
+    collapsed = tl.max(((index < PIVOTS) & (nxt <= in_value)).to(tl.int32), 0) > 0
+    by_key = by_key | collapsed | ((up - lo) > 1e30)
+    pivots = tl.where(by_key, in_key, in_value)
+    pivots = tl.where(index == 0, lo, pivots)
+    return tl.where(index < PIVOTS, pivots, float("inf"))
+
+
+@triton.jit
+def _mass_term(z, w, pivot):
+    """Per lane of a tile: the sum of ``w`` and the number of elements with ``z >= pivot`` (an indicator as float,
+    one multiply-add and one add each)."""
+    at_or_above = (z >= pivot).to(tl.float32)
+    return tl.sum(at_or_above * w, 1), tl.sum(at_or_above, 1)
+
+
+@triton.jit
+def _mass_terms(z, w, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS: tl.constexpr):
+    """A refinement pass's terms of a ``(lanes, LANE_WIDTH)`` tile, per lane and pivot: the sum of ``w = exp(z -
+    max)`` and the number of elements ``>= pivot`` (float32 counts: exact, a lane sees far fewer than 2^24)."""
+    m0, n0 = _mass_term(z, w, p0)
+    m1, n1 = _mass_term(z, w, p1)
+    m2 = m0 * 0.0
+    n2 = m2
+    m3 = m2
+    n3 = m2
+    m4 = m2
+    n4 = m2
+    m5 = m2
+    n5 = m2
+    m6 = m2
+    n6 = m2
+    m7 = m2
+    n7 = m2
+    if PIVOTS > 2:
+        m2, n2 = _mass_term(z, w, p2)
+    if PIVOTS > 3:
+        m3, n3 = _mass_term(z, w, p3)
+    if PIVOTS > 4:
+        m4, n4 = _mass_term(z, w, p4)
+    if PIVOTS > 5:
+        m5, n5 = _mass_term(z, w, p5)
+    if PIVOTS > 6:
+        m6, n6 = _mass_term(z, w, p6)
+    if PIVOTS > 7:
+        m7, n7 = _mass_term(z, w, p7)
+    return m0, n0, m1, n1, m2, n2, m3, n3, m4, n4, m5, n5, m6, n6, m7, n7
+
+
+@triton.jit
+def _pick(vector, index, i):
+    return tl.sum(tl.where(index == i, vector, 0.0), 0)
+
+
+@triton.jit
+def _mass_pass(
+    base,
+    head,
+    n,
+    end,
+    tail,
+    stride_col,
+    pivots,
+    row_max,
+    COL_CONTIGUOUS: tl.constexpr,
+    LANES: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
+    PIVOTS: tl.constexpr,
+):
+    """A refinement pass of the nucleus select: per pivot, the sum of ``exp(z - max)`` over the row's elements ``>=
+    pivot`` and their number (two length-8 vectors; slots past ``PIVOTS`` hold -1 and 0). One exponential per
+    element and, per pivot, a compare, a multiply-add and an add. Out-of-row elements read as -inf (weight 0, below
+    every pivot: the pivots are finite)."""
+    neg_inf = float("-inf")
+    index = tl.arange(0, 8)
+    p0 = tl.max(tl.where(index == 0, pivots, neg_inf), 0)
+    p1 = tl.max(tl.where(index == 1, pivots, neg_inf), 0)
+    p2 = tl.max(tl.where(index == 2, pivots, neg_inf), 0)
+    p3 = tl.max(tl.where(index == 3, pivots, neg_inf), 0)
+    p4 = tl.max(tl.where(index == 4, pivots, neg_inf), 0)
+    p5 = tl.max(tl.where(index == 5, pivots, neg_inf), 0)
+    p6 = tl.max(tl.where(index == 6, pivots, neg_inf), 0)
+    p7 = tl.max(tl.where(index == 7, pivots, neg_inf), 0)
+    edge_z = _edge_tile(base, head, n, tail, stride_col, neg_inf, COL_CONTIGUOUS, LANE_WIDTH)
+    edge_w = tl.math.exp2((edge_z - row_max) * LOG2E)
+    e = _mass_terms(edge_z, edge_w, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS)
+    lanes = tl.arange(0, LANES)
+    tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    m0 = tl.zeros([LANES], dtype=tl.float32)
+    n0 = m0
+    m1 = m0
+    n1 = m0
+    m2 = m0
+    n2 = m0
+    m3 = m0
+    n3 = m0
+    m4 = m0
+    n4 = m0
+    m5 = m0
+    n5 = m0
+    m6 = m0
+    n6 = m0
+    m7 = m0
+    n7 = m0
+    for start in range(LANE_WIDTH, end, LANES * LANE_WIDTH):
+        cols = start + tile
+        z = _load_row_block(base, cols, cols < end, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+        w = tl.math.exp2((z - row_max) * LOG2E)
+        d = _mass_terms(z, w, p0, p1, p2, p3, p4, p5, p6, p7, PIVOTS)
+        m0 += d[0]
+        n0 += d[1]
+        m1 += d[2]
+        n1 += d[3]
+        if PIVOTS > 2:
+            m2 += d[4]
+            n2 += d[5]
+        if PIVOTS > 3:
+            m3 += d[6]
+            n3 += d[7]
+        if PIVOTS > 4:
+            m4 += d[8]
+            n4 += d[9]
+        if PIVOTS > 5:
+            m5 += d[10]
+            n5 += d[11]
+        if PIVOTS > 6:
+            m6 += d[12]
+            n6 += d[13]
+        if PIVOTS > 7:
+            m7 += d[14]
+            n7 += d[15]
+    mass = tl.where(index == 0, tl.sum(m0, 0) + tl.sum(e[0], 0), 0.0)
+    mass += tl.where(index == 1, tl.sum(m1, 0) + tl.sum(e[2], 0), 0.0)
+    mass += tl.where(index == 2, tl.sum(m2, 0) + tl.sum(e[4], 0), 0.0)
+    mass += tl.where(index == 3, tl.sum(m3, 0) + tl.sum(e[6], 0), 0.0)
+    mass += tl.where(index == 4, tl.sum(m4, 0) + tl.sum(e[8], 0), 0.0)
+    mass += tl.where(index == 5, tl.sum(m5, 0) + tl.sum(e[10], 0), 0.0)
+    mass += tl.where(index == 6, tl.sum(m6, 0) + tl.sum(e[12], 0), 0.0)
+    mass += tl.where(index == 7, tl.sum(m7, 0) + tl.sum(e[14], 0), 0.0)
+    count = tl.where(index == 0, tl.sum(n0, 0) + tl.sum(e[1], 0), 0.0)
+    count += tl.where(index == 1, tl.sum(n1, 0) + tl.sum(e[3], 0), 0.0)
+    count += tl.where(index == 2, tl.sum(n2, 0) + tl.sum(e[5], 0), 0.0)
+    count += tl.where(index == 3, tl.sum(n3, 0) + tl.sum(e[7], 0), 0.0)
+    count += tl.where(index == 4, tl.sum(n4, 0) + tl.sum(e[9], 0), 0.0)
+    count += tl.where(index == 5, tl.sum(n5, 0) + tl.sum(e[11], 0), 0.0)
+    count += tl.where(index == 6, tl.sum(n6, 0) + tl.sum(e[13], 0), 0.0)
+    count += tl.where(index == 7, tl.sum(n7, 0) + tl.sum(e[15], 0), 0.0)
+    return tl.where(index < PIVOTS, mass, -1.0), tl.where(index < PIVOTS, count, 0.0)
+
+
+@triton.jit
+def _max_and_sum(
+    base,
+    head,
+    n,
+    end,
+    tail,
+    stride_col,
+    COL_CONTIGUOUS: tl.constexpr,
+    LANES: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
+):
+    """The nucleus kernel's first pass: the row's NaN-propagating maximum and the sum of ``exp(z - max)``. Read as
+    ``LANES`` runs of ``LANE_WIDTH`` elements (one vector load each, held by one thread); each lane keeps its own
+    maximum and sum, rescaled once per block rather than per element (one exponential per element)."""
+    neg_inf = float("-inf")
+    lanes = tl.arange(0, LANES)
+    tile = lanes[:, None] * LANE_WIDTH + tl.arange(0, LANE_WIDTH)[None, :]
+    edge_z = _edge_tile(base, head, n, tail, stride_col, neg_inf, COL_CONTIGUOUS, LANE_WIDTH)
+    edge_max = _max_with_nan(edge_z)
+    edge_shift = tl.where(edge_max > neg_inf, edge_max, 0.0)
+    edge_sum = tl.sum(tl.math.exp2((edge_z - edge_shift[:, None]) * LOG2E), 1)
+    lane_max = tl.full([LANES], neg_inf, dtype=tl.float32)
+    lane_sum = tl.zeros([LANES], dtype=tl.float32)
+    for start in range(LANE_WIDTH, end, LANES * LANE_WIDTH):
+        cols = start + tile
+        z = _load_row_block(base, cols, cols < end, stride_col, COL_CONTIGUOUS, neg_inf).to(tl.float32)
+        new_max = _nan_max(lane_max, _max_with_nan(z))
+        shift = tl.where(new_max > neg_inf, new_max, 0.0)
+        rescale = tl.where(new_max == lane_max, 1.0, tl.math.exp2((lane_max - shift) * LOG2E))
+        lane_sum = lane_sum * rescale + tl.sum(tl.math.exp2((z - shift[:, None]) * LOG2E), 1)
+        lane_max = new_max
+    row_max = _nan_max(tl.reduce(lane_max, 0, _nan_max), tl.reduce(edge_max, 0, _nan_max))
+    shift = tl.where(row_max > neg_inf, row_max, 0.0)
+    total = tl.sum(tl.where(lane_sum > 0, lane_sum * tl.math.exp2((lane_max - shift) * LOG2E), 0.0), 0)
+    total += tl.sum(tl.where(edge_sum > 0, edge_sum * tl.math.exp2((edge_max - shift) * LOG2E), 0.0), 0)
+    invalid = (row_max != row_max) | (row_max == float("inf"))
+    return row_max, invalid, total
+
+
+@triton.jit
+def _nucleus_entropy_forward_kernel(
+    x_ptr,
+    stride_row,
+    stride_col,
+    vocab,
+    top_p,
+    log_tail,
+    row_mask_ptr,
+    candidates_ptr,
+    entropy_ptr,
+    threshold_ptr,
+    shift_ptr,
+    log_total_ptr,
+    passes_ptr,
+    KEY_BITS: tl.constexpr,
+    IS_BF16: tl.constexpr,
+    COL_CONTIGUOUS: tl.constexpr,
+    HAS_ROW_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    LANE_WIDTH: tl.constexpr,
+    PIVOTS: tl.constexpr,
+    CANDIDATES: tl.constexpr,
+    CANDIDATE_DEPTH: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):
+    """Nucleus entropy of one row; writes the same four statistics as the rank kernel (the backward is shared).
+
+    With ``w = exp(z - max)``, ``S`` the row's sum of ``w``, ``T = top_p S`` and ``M(v)`` the sum of ``w`` over the
+    elements ``>= v``, the threshold is ``t = max{v in row : M(v) >= T}`` (the token at which the descending
+    cumulative sum first reaches ``top_p``; every tie of it has ``z >= t``), and the kept set is ``z >= t``.
+
+    * Pass 1: the row max, ``S`` and the NaN/+inf flag (:func:`_max_and_sum`).
+    * ``t`` lies in ``[lo, up)`` with ``M(lo) >= T > M(up)``: first ``up`` = the value above the max and ``lo`` =
+      ``max + log(S (1 - top_p) / V)`` less a margin (the elements ``<= t`` carry more than ``(1 - top_p) S``, each
+      at most ``exp(t - max)``, so ``t`` is above that), rounded down to the input dtype.
+    * Refinement passes: ``PIVOTS`` values split ``[lo, up)`` (evenly in value; in key space where that cannot split
+      it, which ends on a single key); per pivot ``M`` and the element count give the interval that holds ``t``
+      and its number of elements. Until it holds at most ``CANDIDATES`` elements, or a single value (then ``t = lo``).
+    * Last pass: the rank kernel's pass 2 on ``[lo, up)``, choosing ``t`` among the candidates by mass instead of
+      rank; it also gives the kept set's sums. If one lane met too many runs holding candidates, the interval is
+      refined further (to an eighth of the candidates each time, so at most ``CANDIDATE_DEPTH`` in the end).
+
+    Every decision is taken on sums computed the same way, so the result is the exact ``t`` of those float32 sums.
+    ``ROUNDS`` bounds the loop and is above the most rounds any row can need."""
+    row = tl.program_id(0)
+    n = vocab
+    if HAS_ROW_MASK:
+        n = tl.where(tl.load(row_mask_ptr + row) != 0, vocab, 0)  # a skipped row: no pass reads it
+    base, head, end, tail = _row_split(x_ptr + row.to(tl.int64) * stride_row, n, COL_CONTIGUOUS, LANE_WIDTH)
+    LANES: tl.constexpr = BLOCK // LANE_WIDTH
+    index = tl.arange(0, 8)
+    row_max, invalid, full_total = _max_and_sum(base, head, n, end, tail, stride_col, COL_CONTIGUOUS, LANES, LANE_WIDTH)
+    passes = tl.where(n > 0, 1, 0)
+    target = top_p * full_total
+    done = invalid | (full_total <= 0) | (n == 0)  # NaN/+inf, no finite element, or a skipped row
+    safe_max = tl.where(done, 0.0, row_max)
+    bound = safe_max + tl.log(tl.where(done, 1.0, full_total)) + log_tail
+    lo = _round_down(bound - 1e-2 - 1e-5 * tl.abs(bound), KEY_BITS, IS_BF16)
+    up = _key_to_float(_dtype_key(safe_max, KEY_BITS, IS_BF16) + 1, KEY_BITS, IS_BF16)
+    lowest = _key_to_float(_dtype_key(safe_max * 0.0 - float("inf"), KEY_BITS, IS_BF16) + 1, KEY_BITS, IS_BF16)
+    count_up = full_total * 0.0  # elements >= up (none above the max)
+    lo = tl.maximum(lo, lowest)
+    count = count_up + n  # at most this many elements in [lo, up) before the first refinement pass
+    single = count < 0  # False: set when [lo, up) holds a single value of the dtype (then t = lo)
+    limit = count * 0.0 + CANDIDATES
+    ready = done | (count <= limit)  # a short row goes to the last pass at once
+    total = full_total * 0.0
+    weighted = total
+    threshold = total
+    buffer_ptr = candidates_ptr + row.to(tl.int64) * (CANDIDATE_DEPTH * LANES + CANDIDATES)
+    for _ in range(ROUNDS):
+        if not done:
+            if ready:
+                # t in [lo, up) among at most `limit` candidates, or a single value: t = lo, nothing to gather.
+                passes += 1
+                total, weighted, threshold, fits = _softmax_and_candidates(
+                    base,
+                    head,
+                    n,
+                    end,
+                    tail,
+                    stride_col,
+                    buffer_ptr,
+                    lo,
+                    tl.where(single, lo, up),
+                    0,
+                    target,
+                    row_max,
+                    COL_CONTIGUOUS,
+                    LANES,
+                    LANE_WIDTH,
+                    CANDIDATE_DEPTH,
+                    CANDIDATES,
+                    True,
+                )
+                done = fits
+                limit = limit * 0.125
+                ready = count <= limit
+            else:
+                passes += 1
+                pivots = _nucleus_pivots(lo, up, False, PIVOTS, KEY_BITS, IS_BF16)
+                mass, above = _mass_pass(
+                    base, head, n, end, tail, stride_col, pivots, row_max, COL_CONTIGUOUS, LANES, LANE_WIDTH, PIVOTS
+                )
+                # The masses fall with the pivot (nested sets of non-negative terms summed in one order), so the
+                # pivots that hold at least T are a prefix: t lies in [pivot j, pivot j + 1).
+                j = tl.sum((mass >= target).to(tl.int32), 0) - 1
+                if j < 0:  # rounding put t below lo (never seen): look again from the lowest finite value
+                    up = lo
+                    count_up = _pick(above, index, 0)
+                    lo = lowest
+                    count = count_up + n
+                else:
+                    next_up = tl.where(j + 1 < PIVOTS, _pick(pivots, index, j + 1), up)
+                    count_next = tl.where(j + 1 < PIVOTS, _pick(above, index, j + 1), count_up)
+                    lo = _pick(pivots, index, j)
+                    count = _pick(above, index, j) - count_next
+                    up = next_up
+                    count_up = count_next
+                keys = (_dtype_key(up, KEY_BITS, IS_BF16) - _dtype_key(lo, KEY_BITS, IS_BF16)).to(
+                    tl.uint32, bitcast=True
+                )
+                single = keys <= 1
+                ready = (count <= limit) | single
+
+    valid = total > 0
+    safe_total = tl.where(valid, total, 1.0)
+    log_total = tl.log(safe_total)
+    entropy = tl.where(valid, log_total - weighted / safe_total, 0.0)
+    entropy = tl.where(invalid, float("nan"), entropy)
+    threshold = tl.where(invalid | (~valid), float("nan"), threshold)
+    tl.store(entropy_ptr + row, entropy)
+    tl.store(threshold_ptr + row, threshold)
+    tl.store(shift_ptr + row, tl.where(valid, row_max, 0.0))
+    tl.store(log_total_ptr + row, log_total)
+    tl.store(passes_ptr + row, passes.to(tl.float32))
+
+
 #: Whether the kernels were decorated in Triton's interpreter mode (``TRITON_INTERPRET=1`` at import): they then
 #: run on CPU tensors, slowly.
 INTERPRETED = not isinstance(_clamped_entropy_forward_kernel, triton.runtime.JITFunction)
 
 
-def _check_rows(rows2d: torch.Tensor, k: int) -> None:
+def _check_rows(rows2d: torch.Tensor, k) -> None:
     if rows2d.dim() != 2:
         raise ValueError(f"clamped_entropy_rows expects a 2-D (rows, V) tensor, got shape {tuple(rows2d.shape)}")
     if rows2d.dtype not in SUPPORTED_DTYPES:
@@ -849,7 +1291,7 @@ def _check_rows(rows2d: torch.Tensor, k: int) -> None:
     vocab = rows2d.shape[1]
     if vocab == 0:
         raise ValueError("logits has an empty vocabulary (last dimension is 0)")
-    if not (0 <= k < vocab):
+    if k is not None and not (0 <= k < vocab):
         raise ValueError(f"the number of removed tokens k must be in [0, V) = [0, {vocab}), got {k}")
     if rows2d.shape[0] >= 2**31:
         raise ValueError(f"at most 2**31 - 1 rows are supported, got {rows2d.shape[0]}")
@@ -935,6 +1377,60 @@ def _row_statistics(rows2d: torch.Tensor, k: int, row_mask, config: _Config):
     return entropy, threshold, shift, log_total, passes
 
 
+def _nucleus_rounds(key_bits: int, pivots: int, candidates: int) -> int:
+    """Loop bound of the nucleus kernel: more rounds than any row can take (a round that finds the row done costs a
+    branch). A refinement round in value space divides the interval's width by ``pivots`` (to within a value of the
+    dtype), from at most ~2^7 to a few values of the dtype (at most ``key_bits`` halvings); key-space rounds split
+    the key span into ``pivots`` parts (a single key after ``ceil(key_bits / log2(pivots))`` of them), counted
+    twice for the one restart from the lowest value; each last pass that overflows a lane divides the candidates by
+    8."""
+    bits = pivots.bit_length() - 1
+    key_rounds = -(-key_bits // bits) + 1
+    value_rounds = -(-(key_bits + 8) // bits) + 1
+    return 2 * (value_rounds + key_rounds) + candidates.bit_length() // 3 + 2
+
+
+def _nucleus_statistics(rows2d: torch.Tensor, top_p: float, row_mask, config: _Config):
+    rows, vocab = rows2d.shape
+    stats = torch.empty((5, rows), dtype=torch.float32, device=rows2d.device)
+    entropy, threshold, shift, log_total, passes = stats.unbind(0)
+    if rows > 0:
+        key_bits = 32 if rows2d.dtype == torch.float32 else 16
+        lane_width = _lane_width(rows2d)
+        lanes = config.forward_block // lane_width
+        slots = config.candidate_depth * lanes + config.candidates
+        candidates = torch.empty((rows, slots), dtype=torch.int32, device=rows2d.device)
+        pivots = NUCLEUS_PIVOTS[rows2d.element_size()]
+        with _on_device_of(rows2d):
+            _nucleus_entropy_forward_kernel[(rows,)](
+                rows2d,
+                rows2d.stride(0),
+                rows2d.stride(1),
+                vocab,
+                float(top_p),
+                math.log((1.0 - top_p) / vocab),
+                entropy if row_mask is None else row_mask.view(torch.uint8),
+                candidates,
+                entropy,
+                threshold,
+                shift,
+                log_total,
+                passes,
+                KEY_BITS=key_bits,
+                IS_BF16=rows2d.dtype == torch.bfloat16,
+                COL_CONTIGUOUS=rows2d.stride(1) == 1,
+                HAS_ROW_MASK=row_mask is not None,
+                BLOCK=config.forward_block,
+                LANE_WIDTH=lane_width,
+                PIVOTS=pivots,
+                CANDIDATES=config.candidates,
+                CANDIDATE_DEPTH=config.candidate_depth,
+                ROUNDS=_nucleus_rounds(key_bits, pivots, config.candidates),
+                num_warps=config.forward_warps,
+            )
+    return entropy, threshold, shift, log_total, passes
+
+
 class _Config(NamedTuple):
     forward_block: int
     forward_warps: int
@@ -946,8 +1442,10 @@ class _Config(NamedTuple):
 
 class _FusedClampedEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows2d: torch.Tensor, k: int, row_mask, config: _Config):
-        entropy, threshold, shift, log_total, _ = _row_statistics(rows2d, k, row_mask, config)
+    def forward(ctx, rows2d: torch.Tensor, rule, row_mask, config: _Config):
+        """``rule``: ``("rank", k)`` (k lowest logits removed) or ``("top_p", top_p)``."""
+        statistics = _row_statistics if rule[0] == "rank" else _nucleus_statistics
+        entropy, threshold, shift, log_total, _ = statistics(rows2d, rule[1], row_mask, config)
         ctx.save_for_backward(rows2d, row_mask, entropy, threshold, shift, log_total)
         ctx.config = config
         return entropy
@@ -1022,7 +1520,7 @@ def clamped_entropy_rows(
     config = _checked_config(
         rows2d, k, row_mask, forward_block, backward_block, forward_warps, backward_warps, candidates, candidate_depth
     )
-    return _FusedClampedEntropy.apply(rows2d, int(k), row_mask, config)
+    return _FusedClampedEntropy.apply(rows2d, ("rank", int(k)), row_mask, config)
 
 
 def forward_passes(rows2d: torch.Tensor, k: int, *, row_mask: torch.Tensor | None = None, **config) -> torch.Tensor:
@@ -1050,21 +1548,127 @@ def forward_passes(rows2d: torch.Tensor, k: int, *, row_mask: torch.Tensor | Non
         return _row_statistics(rows2d.detach(), int(k), row_mask, full)[4]
 
 
+def _check_top_p(top_p) -> float:
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    return float(top_p)
+
+
+def nucleus_entropy_rows(
+    rows2d: torch.Tensor,
+    top_p: float,
+    *,
+    forward_block: int | None = None,
+    backward_block: int | None = None,
+    forward_warps: int | None = None,
+    backward_warps: int | None = None,
+    candidates: int | None = None,
+    candidate_depth: int | None = None,
+    row_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Nucleus (top_p) restricted entropy in nats of each row of a ``(rows, V)`` tensor (:class:`aent.KeptSet`'s
+    ``top_p`` rule): with ``q = softmax(z)``, the kept set is every token with ``q >= tau``, ``tau`` the probability
+    of the token at which the descending cumulative sum of ``q`` first reaches ``top_p`` (ties included).
+    ``top_p = 1`` keeps every token with non-zero probability: the full entropy (the rank kernel with nothing
+    removed).
+
+    The threshold is found by mass inside the kernel's passes (see :func:`_nucleus_entropy_forward_kernel`), with
+    the sums of ``exp(z - max)`` in float32: a row whose cumulative mass meets ``top_p`` within float32 rounding at
+    a token may keep or drop that token. Arguments and the rest as :func:`clamped_entropy_rows`; ``candidates`` is
+    the most elements the last pass finishes on (rows refine their interval until it holds no more).
+    """
+    top_p = _check_top_p(top_p)
+    if top_p >= 1.0:
+        return clamped_entropy_rows(
+            rows2d,
+            0,
+            forward_block=forward_block,
+            backward_block=backward_block,
+            forward_warps=forward_warps,
+            backward_warps=backward_warps,
+            candidates=candidates,
+            candidate_depth=candidate_depth,
+            row_mask=row_mask,
+        )
+    config = _checked_config(
+        rows2d,
+        None,
+        row_mask,
+        forward_block,
+        backward_block,
+        forward_warps,
+        backward_warps,
+        candidates,
+        candidate_depth,
+    )
+    return _FusedClampedEntropy.apply(rows2d, ("top_p", top_p), row_mask, config)
+
+
+def nucleus_forward_passes(
+    rows2d: torch.Tensor, top_p: float, *, row_mask: torch.Tensor | None = None, **config
+) -> torch.Tensor:
+    """Full passes over each row that the nucleus forward kernel made (float32, shape ``(rows,)``), for tests and
+    benchmarks: the full-softmax pass, the refinement passes, and the last pass(es) on the candidate buffer; 0 for
+    a row skipped by ``row_mask``. ``top_p = 1`` runs the rank kernel (:func:`forward_passes` with ``k = 0``).
+    Takes the keyword arguments of :func:`nucleus_entropy_rows` that shape the forward."""
+    top_p = _check_top_p(top_p)
+    if top_p >= 1.0:
+        return forward_passes(rows2d, 0, row_mask=row_mask, **config)
+    names = ("forward_block", "forward_warps", "candidates", "candidate_depth")
+    unknown = set(config) - set(names)
+    if unknown:
+        raise TypeError(f"nucleus_forward_passes got unexpected keyword arguments {sorted(unknown)}; it takes {names}")
+    get = config.get
+    full = _checked_config(
+        rows2d,
+        None,
+        row_mask,
+        get("forward_block"),
+        None,
+        get("forward_warps"),
+        None,
+        get("candidates"),
+        get("candidate_depth"),
+    )
+    with torch.no_grad():
+        return _nucleus_statistics(rows2d.detach(), top_p, row_mask, full)[4]
+
+
 def _checked_config(
     rows2d, k, row_mask, forward_block, backward_block, forward_warps, backward_warps, candidates, candidate_depth
 ) -> _Config:
+    """The launch config: each field from its argument, else its environment variable (:data:`ENVIRONMENT`), else
+    the default; checked, with the argument's or the variable's name in the error. ``k`` None: no rank to check
+    (the nucleus kernel)."""
     _check_rows(rows2d, k)
-    config = _Config(
-        forward_block or FORWARD_BLOCK or FORWARD_BLOCK_BYTES // rows2d.element_size(),
-        forward_warps or FORWARD_WARPS,
-        backward_block or BACKWARD_BLOCK,
-        backward_warps or BACKWARD_WARPS,
-        candidates or CANDIDATES,
-        candidate_depth or CANDIDATE_DEPTH,
+    given = dict(
+        forward_block=forward_block,
+        forward_warps=forward_warps,
+        backward_block=backward_block,
+        backward_warps=backward_warps,
+        candidates=candidates,
+        candidate_depth=candidate_depth,
     )
-    for name, value, low in zip(config._fields, config, (256, 1, 256, 1, 16, 1)):
+    defaults = dict(
+        forward_block=FORWARD_BLOCK or FORWARD_BLOCK_BYTES // rows2d.element_size(),
+        forward_warps=FORWARD_WARPS,
+        backward_block=BACKWARD_BLOCK,
+        backward_warps=BACKWARD_WARPS,
+        candidates=CANDIDATES,
+        candidate_depth=CANDIDATE_DEPTH,
+    )
+    values = {}
+    for field, low in zip(_Config._fields, (256, 1, 256, 1, 16, 1)):
+        value, name = given[field], field
+        if not value:
+            value = _from_environment(field, None)
+            name = f"environment variable {ENVIRONMENT[field]}"
+            if value is None:
+                value, name = defaults[field], field
         if value < low or value & (value - 1):
             raise ValueError(f"{name} must be a power of two >= {low}, got {value}")
+        values[field] = value
+    config = _Config(**values)
     if _backward_blocks(rows2d, config.backward_block) > 65535:
         raise ValueError(
             f"V = {rows2d.shape[1]} needs more than 65535 backward blocks of {config.backward_block}; "

@@ -321,7 +321,7 @@ def _wrap_forward_step(original):
                 "the AEnt loss (aent.verl.make_aent_loss)"
             )
         _install_forward(self.module)
-        token = _REQUEST.set(_Request(micro_batch, loss_function.clamp_p, loss_function.chunk_size, loss_function.impl))
+        token = _REQUEST.set(_Request(micro_batch, loss_function.kept, loss_function.chunk_size, loss_function.impl))
         try:
             return original(self, micro_batch, loss_function, forward_only)
         finally:

@@ -22,11 +22,12 @@ the old-log-prob pass, which these flags do not reach.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 
 import aent
+from aent.kept import KeptSet
 from aent.validate import check_chunk_size, check_clamp_p
 
 __all__ = [
@@ -126,13 +127,19 @@ class AEntPolicyLoss:
     Args:
         actor_config: the run's ``verl.workers.config.ActorConfig`` (e.g. ``omega_conf_to_dataclass(
             config.actor_rollout_ref.actor)``). Its ``entropy_coeff`` must be 0: the entropy term is AEnt's.
-        clamp_p: removed vocabulary fraction in ``[0, 1)`` (docs/METHOD.md); 0 = full-vocabulary entropy bonus.
-        chunk_size: rows per chunk of :func:`aent.clamped_entropy` (``None``: automatic).
-        impl: implementation of :func:`aent.clamped_entropy` (``None``: ``"auto"``).
+        kept: the entropy's kept set, an :class:`aent.KeptSet` (``bottom_p``, ``top_k``, ``top_p``), or a number:
+            the removed vocabulary fraction ``clamp_p`` of ``bottom_p`` (0 = full-vocabulary entropy bonus).
+        chunk_size: rows per chunk of :func:`aent.restricted_entropy` (``None``: automatic).
+        impl: implementation of :func:`aent.restricted_entropy` (``None``: ``"auto"``).
     """
 
     def __init__(
-        self, actor_config: Any, clamp_p: float, *, chunk_size: Optional[int] = None, impl: Optional[str] = None
+        self,
+        actor_config: Any,
+        kept: Union[KeptSet, float],
+        *,
+        chunk_size: Optional[int] = None,
+        impl: Optional[str] = None,
     ):
         if getattr(actor_config, "entropy_coeff", 0.0) != 0.0:
             raise ValueError(
@@ -147,10 +154,11 @@ class AEntPolicyLoss:
                 "its term to: the AEnt trainer resolves it on the driver (aent.verl.checks.apply_loss_mode); here, "
                 "give the actor config a verl policy loss (e.g. loss_mode=vanilla)"
             )
-        clamp_p = check_clamp_p("aent.clamp_p", clamp_p)
+        if not isinstance(kept, KeptSet):  # a number: bottom_p's clamp_p, refused under its verl name
+            kept = KeptSet.bottom_p(check_clamp_p("aent.clamp_p", kept))
         chunk_size = check_chunk_size("aent.chunk_size", chunk_size)
         self.actor_config = actor_config
-        self.clamp_p = float(clamp_p)
+        self.kept = kept
         self.chunk_size = chunk_size
         self.impl = impl
 
@@ -164,7 +172,7 @@ class AEntPolicyLoss:
         logits = student_logits.squeeze(0)
         labels, rows = packed_labels_and_loss_rows(data, logits.shape[0], logits.device)
         log_probs, ent = aent.logprobs_and_clamped_entropy(
-            logits, labels, self.clamp_p, row_mask=rows, chunk_size=self.chunk_size, impl=self.impl, check_finite=False
+            logits, labels, self.kept, row_mask=rows, chunk_size=self.chunk_size, impl=self.impl, check_finite=False
         )
         return {"log_probs": log_probs.unsqueeze(0), CLAMPED_ENTROPY_KEY: ent.unsqueeze(0)}
 
@@ -227,13 +235,16 @@ class AEntPolicyLoss:
         return loss, metrics
 
 
-def make_aent_loss(actor_config: Any, clamp_p: float, *, chunk_size: Optional[int] = None, impl: Optional[str] = None):
+def make_aent_loss(
+    actor_config: Any, kept: Union[KeptSet, float], *, chunk_size: Optional[int] = None, impl: Optional[str] = None
+):
     """The AEnt loss for ``actor_rollout_wg.set_loss_fn(...)`` or ``engine.train_batch(data, loss_function=...)``.
 
     ``actor_config`` is the run's actor config; one with ``entropy_coeff != 0`` is refused (two entropy bonuses).
+    ``kept`` is the entropy's kept set (an :class:`aent.KeptSet`, or a number: ``bottom_p``'s ``clamp_p``).
     Each actor-update batch must carry :func:`aent_step_flags` ``(coef)``. The metrics it returns (under
     ``actor/``): ``aent_coef``, ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a
     step is the token-weighted clamped entropy the controller consumes; the AEnt trainer logs it as
     ``actor/aent_clamped_entropy``) and ``aent_nonfinite_tokens``.
     """
-    return AEntPolicyLoss(actor_config, clamp_p, chunk_size=chunk_size, impl=impl)
+    return AEntPolicyLoss(actor_config, kept, chunk_size=chunk_size, impl=impl)

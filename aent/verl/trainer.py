@@ -112,10 +112,10 @@ class AEntTrainerMixin:
             config.trainer.v1.trainer_mode = self.verl_mode
         super().__init__(config)
         logger.warning(
-            "AEnt on verl's %s trainer: clamp_p=%s, %s coefficient %s",
+            "AEnt on verl's %s trainer: kept set %s, %s coefficient %s",
             self.verl_mode,
-            self.aent_options.clamp_p,
-            "adaptive" if self.aent_options.adaptive else "constant",
+            self.aent_options.kept_set,
+            self.aent_options.controller,
             self.coefficient,
         )
 
@@ -126,7 +126,7 @@ class AEntTrainerMixin:
         actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
         return make_aent_loss(
             actor_config,
-            self.aent_options.clamp_p,
+            self.aent_options.kept_set,
             chunk_size=self.aent_options.chunk_size,
             impl=self.aent_options.impl,
         )
@@ -258,8 +258,8 @@ class AEntTrainerMixin:
         except (KeyError, ValueError, TypeError) as err:
             raise StartupError(
                 f"cannot restore the AEnt controller from {path}: {err}. The checkpoint was written with options "
-                f"{state.get('options')}; resume with the same kind of coefficient (aent.lr > 0 adaptive, = 0 "
-                "constant) or start a fresh run (trainer.resume_mode=disable)"
+                f"{state.get('options')}; resume with the same kind of coefficient (aent.controller, and for band "
+                "aent.lr > 0 adaptive, = 0 constant) or start a fresh run (trainer.resume_mode=disable)"
             ) from None
         if not math.isfinite(self.coefficient.value):
             raise StartupError(f"the AEnt controller state in {path} holds a non-finite coefficient")

@@ -381,10 +381,38 @@ def run_fused(ctx, timer):
     return {"aent_fused": m}
 
 
+def run_relatives(ctx, timer):
+    """One step of each relative's recipe: TRE's top-k entropy (constant 0.001) and Skywork-OR1's target controller
+    (started at 0.001 so that its first step carries a bonus; the random model's entropy is far above the target, so
+    the gate closes and the coefficient falls by delta)."""
+    runs = {
+        "tre_topk_math": run_main_ppo("tre_topk_math", "tre_topk_1", [], steps=1, save_freq=-1, timer=timer, **ctx),
+        "skywork_math": run_main_ppo(
+            "skywork_math", "skywork_1", ["aent.coef_init=0.001"], steps=1, save_freq=-1, timer=timer, **ctx
+        ),
+    }
+    names = [checks.CLAMPED_ENTROPY, checks.COEF, checks.COEF_NEXT, checks.LOSS, checks.PG_LOSS]
+    try:
+        for recipe, (m, _) in runs.items():
+            check(f"{recipe}: one step", checks.check_steps, m, [1])
+            check(f"{recipe}: metrics present and finite", checks.check_present_and_finite, m, names)
+            check(f"{recipe}: loss identity", checks.check_loss_identity, m)
+        check("tre_topk_math: constant coefficient", checks.check_constant_coef, runs["tre_topk_math"][0], 0.001)
+        step1 = runs["skywork_math"][0][1]
+        expected = 0.0 if step1[checks.CLAMPED_ENTROPY] >= 0.2 else min(0.001 + 1e-4, 0.005)
+        if step1[checks.COEF] != 0.001 or abs(step1[checks.COEF_NEXT] - expected) > 1e-12:
+            raise checks.E2EFailure(f"skywork_math: target controller logged {step1}, expected next value {expected}")
+        print("[e2e] ok: skywork_math: the target controller followed its rule", flush=True)
+    except checks.E2EFailure:
+        print_tails([log for _, log in runs.values()])
+        raise
+    return {recipe: m for recipe, (m, _) in runs.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.path.join(REPO, "build", "e2e"))
-    parser.add_argument("--only", choices=["aent", "baselines", "fused"], help="run only these recipes")
+    parser.add_argument("--only", choices=["aent", "baselines", "relatives", "fused"], help="run only these recipes")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per main_ppo run (default 1200)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts in the training file (default 8)")
     parser.add_argument("--batch", type=int, default=4, help="prompts per step (default 4)")
@@ -419,6 +447,8 @@ def main(argv=None) -> int:
         report["aent"] = run_aent(ctx, timer)
     if args.only in (None, "baselines"):
         report["baselines"] = run_baselines(ctx, timer)
+    if args.only in (None, "relatives"):
+        report["relatives"] = run_relatives(ctx, timer)
     if args.only in (None, "fused"):
         report["fused"] = run_fused(ctx, timer)
     report["timings"] = timer.rows
