@@ -6,7 +6,15 @@ adapter (:mod:`aent.verl`), the reward (:mod:`aent.reward`) and the command line
 
 from aent.advantage import grpo_advantages
 from aent.coefficient import AdaptiveCoefficient, ConstantCoefficient, build_coefficient, coefficient_from_state
-from aent.entropy import IMPLEMENTATIONS, clamped_entropy, entropy, num_removed
+from aent.entropy import (
+    IMPLEMENTATIONS,
+    clamped_entropy,
+    entropy,
+    nucleus_entropy,
+    num_removed,
+    restricted_entropy,
+    topk_entropy,
+)
 from aent.kept import KEPT_RULES, KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
@@ -29,6 +37,9 @@ __all__ = [
     "entropy_bonus",
     "grpo_advantages",
     "logprobs_and_clamped_entropy",
+    "nucleus_entropy",
     "num_removed",
+    "restricted_entropy",
+    "topk_entropy",
     "__version__",
 ]

@@ -1,17 +1,26 @@
-"""Full-vocabulary and clamped entropy of softmax policies (SPEC section 1).
+"""Full-vocabulary and restricted entropies of softmax policies: the paper's clamp and its top-k / nucleus relatives.
 
-One public entry point, :func:`clamped_entropy`, with interchangeable implementations:
+One general entry point, :func:`restricted_entropy`, takes the kept set as an :class:`aent.KeptSet` (rules in
+:mod:`aent.kept`); :func:`clamped_entropy` (``bottom_p``), :func:`topk_entropy` (``top_k``) and
+:func:`nucleus_entropy` (``top_p``) name one rule each, and :func:`entropy` is the full entropy. Every rule has the
+same interchangeable implementations:
 
 ``"reference"``
-    Plain float64 code that builds the kept set of every row explicitly and lets autograd differentiate it.
-    Slow (a Python loop over rows); it exists so that every other path can be compared with something obviously
+    Plain float64 code that builds the kept set of every row explicitly from its rule's definition and lets autograd
+    differentiate it. Slow (a Python loop over rows); it exists so that every other path can be compared with something obviously
     correct.
 ``"torch"``
     Chunked PyTorch with a hand-written backward. Only per-row statistics are kept between forward and backward,
     so the peak extra memory is ``O(chunk_size x V)`` plus the gradient itself, instead of the ~6x logits that
     eager autograd keeps. Runs on any device.
 ``"triton"``
-    Fused GPU kernels (:mod:`aent.ops`), chosen by ``"auto"`` on CUDA when Triton is importable.
+    Fused GPU kernels (:mod:`aent.ops`), chosen by ``"auto"`` on CUDA when Triton is importable and the rule is in
+    :data:`aent.ops.FUSED_RULES` (other rules take the ``"torch"`` path under ``"auto"``).
+
+Every rule keeps the tokens whose logit is at or above a per-row threshold ``t`` (the rank rules' threshold is a
+logit of fixed rank, the nucleus's the logit at which the descending probability mass reaches ``top_p``; the
+probability is monotone in the logit, so ``q >= tau`` is ``z >= t``). The torch path finds ``t`` per rule and shares
+everything after it.
 
 The choice is made by the ``impl`` keyword, or by the ``AENT_ENTROPY_IMPL`` environment variable when ``impl`` is
 ``None``/``"auto"``.
@@ -19,15 +28,25 @@ The choice is made by the ``impl`` keyword, or by the ``AENT_ENTROPY_IMPL`` envi
 
 from __future__ import annotations
 
-import math
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-from aent.validate import check_chunk_size, check_clamp_p
+from aent.kept import KeptSet, as_kept
+from aent.validate import check_chunk_size, check_top_k
 
-__all__ = ["entropy", "clamped_entropy", "num_removed", "IMPLEMENTATIONS"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "check_row_mask",
+    "clamped_entropy",
+    "compute_dtype",
+    "entropy",
+    "nucleus_entropy",
+    "num_removed",
+    "restricted_entropy",
+    "topk_entropy",
+]
 
 IMPLEMENTATIONS = ("auto", "reference", "torch", "triton")
 
@@ -41,10 +60,11 @@ def num_removed(vocab_size: int, clamp_p: float) -> int:
     The product is taken in float64, exactly as written: ``clamp_p=0.29, vocab_size=100`` removes 28 tokens because
     the binary value of 0.29 is slightly below 0.29. At real vocabulary sizes this is at most one token.
     """
-    return int(math.floor(float(clamp_p) * int(vocab_size)))
+    return KeptSet.bottom_p(clamp_p).num_removed(vocab_size)
 
 
-def _check_args(logits: torch.Tensor, clamp_p: float, chunk_size: Optional[int]) -> None:
+def check_logits(logits: torch.Tensor) -> None:
+    """The logits every entry point takes: a floating-point tensor with a non-empty last (vocabulary) dimension."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if not logits.is_floating_point():
@@ -55,11 +75,11 @@ def _check_args(logits: torch.Tensor, clamp_p: float, chunk_size: Optional[int])
         raise ValueError("logits must have at least one dimension (the vocabulary is the last one), got a scalar")
     if logits.shape[-1] == 0:
         raise ValueError(f"logits has an empty vocabulary (last dimension is 0, shape {tuple(logits.shape)})")
-    check_clamp_p("clamp_p", clamp_p)
-    check_chunk_size("chunk_size", chunk_size)
 
 
-def _check_row_mask(row_mask: Optional[torch.Tensor], logits: torch.Tensor) -> None:
+def check_row_mask(row_mask: Optional[torch.Tensor], logits: torch.Tensor) -> None:
+    """``row_mask`` as every entry point takes it: None, or a bool tensor of shape ``logits.shape[:-1]`` on the
+    logits' device (True = compute this row)."""
     if row_mask is None:
         return
     if not isinstance(row_mask, torch.Tensor) or row_mask.dtype != torch.bool:
@@ -77,11 +97,17 @@ def _check_row_mask(row_mask: Optional[torch.Tensor], logits: torch.Tensor) -> N
         raise ValueError(f"row_mask must be on the logits' device ({logits.device}), got {row_mask.device}")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every entropy and log-probability is computed in: float64 for float64 input, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+_compute_dtype = compute_dtype
+
+
+def _resolve_impl(
+    impl: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32, rule: str = "bottom_p"
+) -> str:
     if impl is None or impl == "auto":
         impl = os.environ.get("AENT_ENTROPY_IMPL", "auto") or "auto"
         source = "AENT_ENTROPY_IMPL"
@@ -93,9 +119,18 @@ def _resolve_impl(impl: Optional[str], device: torch.device, dtype: torch.dtype 
         if device.type == "cuda":
             from aent import ops
 
-            # float64 has no fused kernel; "auto" keeps it on the torch path rather than failing.
-            return "triton" if dtype in ops.FUSED_DTYPES and ops.triton_available() else "torch"
+            # float64 and rules without a fused kernel stay on the torch path under "auto" rather than failing.
+            fused = dtype in ops.FUSED_DTYPES and rule in ops.FUSED_RULES
+            return "triton" if fused and ops.triton_available() else "torch"
         return "torch"
+    if impl == "triton":
+        from aent import ops
+
+        if rule not in ops.FUSED_RULES:
+            raise ValueError(
+                f"{source}='triton' has no fused kernel for the {rule!r} kept set (fused rules: {ops.FUSED_RULES}); "
+                "use impl='torch', or 'auto', which takes the torch path for it"
+            )
     return impl
 
 
@@ -111,10 +146,27 @@ def _raise_nonfinite(bad_rows: int, total_rows: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _reference_rows(rows: torch.Tensor, clamp_p: float, row_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _reference_kept(row: torch.Tensor, kept: KeptSet) -> torch.Tensor:
+    """The kept set of one float64 row (no NaN/+inf), built from the rule's definition in :mod:`aent.kept`."""
+    finite = torch.isfinite(row)
+    if kept.by_rank:
+        threshold = torch.sort(row).values[kept.num_removed(row.numel())]  # the (k+1)-th smallest logit
+        return (row >= threshold) & finite
+    # top_p: q = softmax(z); tau = the probability at which the descending cumulative sum first reaches top_p
+    if not finite.any():
+        return finite
+    q = torch.softmax(row, dim=-1)
+    if kept.value >= 1.0:
+        return q > 0
+    descending = torch.sort(q, descending=True).values
+    reached = (torch.cumsum(descending, dim=-1) >= kept.value).nonzero()
+    # rounding can leave the sum short of top_p just below 1: the last token with probability then crosses
+    at = int(reached[0]) if reached.numel() else int((descending > 0).sum()) - 1
+    return (q >= descending[at]) & finite
+
+
+def _reference_rows(rows: torch.Tensor, kept: KeptSet, row_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     z = rows.to(torch.float64)
-    vocab = z.shape[-1]
-    k = num_removed(vocab, clamp_p)
     # 0 that is part of the graph without reading any logit: the result of a skipped row (entropy 0, gradient 0)
     skipped = z[:0].sum()
     selected = [True] * z.shape[0] if row_mask is None else row_mask.tolist()
@@ -126,12 +178,11 @@ def _reference_rows(rows: torch.Tensor, clamp_p: float, row_mask: Optional[torch
         if torch.isnan(row).any() or torch.isposinf(row).any():
             out.append(torch.full((), float("nan"), dtype=torch.float64, device=z.device) + 0 * row.sum())
             continue
-        threshold = torch.sort(row.detach()).values[k]  # the (k+1)-th smallest logit
-        kept = (row.detach() >= threshold) & torch.isfinite(row.detach())
-        if not kept.any():  # every kept logit is -inf: no distribution, defined as 0 with 0 gradient
+        keep = _reference_kept(row.detach(), kept)
+        if not keep.any():  # every kept logit is -inf: no distribution, defined as 0 with 0 gradient
             out.append(torch.where(torch.isfinite(row), row, torch.zeros_like(row)).sum() * 0)
             continue
-        logq = torch.log_softmax(row[kept], dim=-1)
+        logq = torch.log_softmax(row[keep], dim=-1)
         out.append(-(logq.exp() * logq).sum())
     if not out:
         return z.new_zeros((0,)) + skipped
@@ -163,6 +214,61 @@ def _row_threshold(z: torch.Tensor, k: int) -> torch.Tensor:
     if k + 1 <= vocab - k:
         return torch.topk(z, k + 1, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
     return torch.topk(z, vocab - k, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
+
+
+#: Candidates the nucleus threshold first looks for the crossing among (the largest logits, sorted); rows whose
+#: nucleus is larger look again among 8x as many, up to the whole row.
+_NUCLEUS_CANDIDATES = 256
+
+
+def _nucleus_threshold(z: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Per row of a 2-D ``z`` the logit ``t`` at which the descending cumulative probability first reaches ``top_p``
+    (the kept set is ``z >= t``), or -inf where every token is kept.
+
+    The row's total mass is one pass over the row (summed in float64); the crossing is searched among the largest
+    ``_NUCLEUS_CANDIDATES`` logits, sorted, with their cumulative mass in float64 so that the crossing agrees with
+    the float64 definition; rows whose crossing lies further down search again among eight times as many candidates.
+    Exact (no cap on the nucleus): the last search is a sort of the whole row. Rows with NaN/+inf or no finite logit
+    get -inf (the careful path gives them NaN or 0).
+    """
+    rows, vocab = z.shape
+    row_max = z.amax(dim=-1)
+    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).unsqueeze(-1)
+    target = torch.exp(z - shift).sum(dim=-1, dtype=torch.float64).mul_(top_p)
+    threshold = z.new_full((rows,), float("-inf"))
+    todo = torch.arange(rows, device=z.device)
+    size = min(vocab, _NUCLEUS_CANDIDATES)
+    while todo.numel():
+        part = z.index_select(0, todo)
+        if size < vocab:
+            values = torch.topk(part, size, dim=-1, largest=True, sorted=True).values
+        else:
+            values = torch.sort(part, dim=-1, descending=True).values
+        mass = torch.exp(values.to(torch.float64) - shift[todo].to(torch.float64)).cumsum_(dim=-1)
+        reached = mass >= target[todo].unsqueeze(-1)
+        found = reached.any(dim=-1)
+        at = reached.to(torch.int8).argmax(dim=-1, keepdim=True)  # the first position that reaches top_p
+        crossed = values.gather(1, at).squeeze(1)
+        threshold[todo[found]] = crossed[found]
+        if size == vocab:  # not reached in the whole row (rounding just below 1, NaN): keep every finite token
+            break
+        todo = todo[~found]
+        size = min(vocab, size * 8)
+    return threshold
+
+
+def _keeps_all(kept: KeptSet, vocab: int) -> bool:
+    """True when ``kept`` keeps every finite token of every row of ``vocab`` logits (then no threshold is needed)."""
+    return kept.is_full(vocab) if kept.by_rank else kept.value >= 1.0
+
+
+def _chunk_threshold(z: torch.Tensor, kept: KeptSet) -> Optional[torch.Tensor]:
+    """Per-row threshold of the 2-D chunk ``z`` under ``kept`` (keep ``z >= t``), or None when every token is kept."""
+    if _keeps_all(kept, z.shape[-1]):
+        return None
+    if kept.by_rank:
+        return _row_threshold(z, kept.num_removed(z.shape[-1]))
+    return _nucleus_threshold(z, float(kept.value))
 
 
 def _careful_shifted(z: torch.Tensor, threshold: Optional[torch.Tensor], row_max: torch.Tensor) -> torch.Tensor:
@@ -204,21 +310,22 @@ def _careful_backward(z: torch.Tensor, threshold: Optional[torch.Tensor], ent: t
     return torch.where(torch.isfinite(ent).unsqueeze(-1), grad, torch.zeros_like(grad))
 
 
-def _chunk_forward(z: torch.Tensor, k: int):
+def _chunk_forward(z: torch.Tensor, kept: KeptSet):
     """Entropy of each row of the 2-D chunk ``z``, its threshold, row maximum and log of the kept set's sum of
-    ``exp(z - max)`` (those three None when ``k == 0``) and the flags of the rows computed the careful way.
+    ``exp(z - max)`` (those three None when ``kept`` keeps every token) and the flags of the rows computed the
+    careful way.
 
     The backward needs ``log q = (z - max) - log_total`` in this order: ``z - max`` is exact in floating point for the
     kept tokens, while the single number ``max + log_total`` rounded to float32 would be off by up to half a unit in
     the last place of the logits' magnitude (5e-4 at |z| = 1e4)."""
     row_max = z.amax(dim=-1)
-    if k == 0:
-        threshold = log_total = None
+    threshold = _chunk_threshold(z, kept)
+    if threshold is None:
+        log_total = None
         logq = torch.log_softmax(z, dim=-1)
         ent = torch.exp(logq).mul_(logq).sum(dim=-1).neg_()
         del logq
     else:
-        threshold = _row_threshold(z, k)
         shifted = torch.clamp(z, min=threshold.unsqueeze(-1)).sub_(row_max.unsqueeze(-1))
         # removed tokens: weight exactly 0 (a product with the bool mask is cheaper on the CPU than masked_fill_)
         weights = torch.exp(shifted).mul_(z >= threshold.unsqueeze(-1))
@@ -230,7 +337,7 @@ def _chunk_forward(z: torch.Tensor, k: int):
     careful = ~torch.isfinite(ent) | ~torch.isfinite(row_max)
     if careful.any():
         ent[careful] = _careful_forward(z[careful], None if threshold is None else threshold[careful])
-    return ent, threshold, (None if k == 0 else row_max), log_total, careful
+    return ent, threshold, (None if threshold is None else row_max), log_total, careful
 
 
 def _chunk_backward(z, threshold, row_max, log_total, ent, careful, grad_out, out=None):
@@ -267,22 +374,23 @@ def _chunks(selected: Optional[torch.Tensor], rows: int, chunk_size: int):
         yield slice(first, last + 1) if last - first + 1 == idx.numel() else idx
 
 
-class _ChunkedClampedEntropy(torch.autograd.Function):
+class _ChunkedRestrictedEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits2d: torch.Tensor, k: int, chunk_size: int, selected: Optional[torch.Tensor]):
+    def forward(ctx, logits2d: torch.Tensor, kept: KeptSet, chunk_size: int, selected: Optional[torch.Tensor]):
         compute = _compute_dtype(logits2d.dtype)
+        restricted = not _keeps_all(kept, logits2d.shape[-1])  # then per-row statistics are kept for backward
         rows = logits2d.shape[0]
         alloc = torch.empty if selected is None else torch.zeros  # skipped rows: entropy 0
         ent = alloc(rows, dtype=compute, device=logits2d.device)
-        threshold = alloc(rows, dtype=compute, device=logits2d.device) if k else None
-        row_max = alloc(rows, dtype=compute, device=logits2d.device) if k else None
-        log_total = alloc(rows, dtype=compute, device=logits2d.device) if k else None
+        threshold = alloc(rows, dtype=compute, device=logits2d.device) if restricted else None
+        row_max = alloc(rows, dtype=compute, device=logits2d.device) if restricted else None
+        log_total = alloc(rows, dtype=compute, device=logits2d.device) if restricted else None
         careful = torch.zeros(rows, dtype=torch.bool, device=logits2d.device)
         for part in _chunks(selected, rows, chunk_size):
             z = logits2d[part].to(compute)
-            e, t, m, n, c = _chunk_forward(z, k)
+            e, t, m, n, c = _chunk_forward(z, kept)
             ent[part], careful[part] = e, c
-            if k:
+            if restricted:
                 threshold[part], row_max[part], log_total[part] = t, m, n
             del z, e, t, m, n, c
         ctx.save_for_backward(logits2d, ent, threshold, row_max, log_total, careful, selected)
@@ -322,6 +430,93 @@ def _default_chunk_size(rows: int, vocab: int, device: torch.device) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
+_IMPL_DOC = """
+        chunk_size: rows processed at once by the ``"torch"`` path; peak extra memory is about
+            ``5 * chunk_size * V * 4`` bytes plus the gradient. ``None`` picks ~16 MiB of float32 per scratch tensor
+            on CPU and ~128 MiB on GPU.
+        impl: ``"auto"`` (default; fused Triton kernels for float32/bfloat16/float16 CUDA tensors when Triton
+            imports and the rule has a fused kernel (:data:`aent.ops.FUSED_RULES`), else ``"torch"``), ``"torch"``,
+            ``"triton"`` (CUDA tensors, float32/bfloat16/float16 only, fused rules only; errors otherwise) or
+            ``"reference"``. When ``None``/``"auto"``, the ``AENT_ENTROPY_IMPL`` environment variable may force one.
+        check_finite: raise ``ValueError`` when a row contains NaN or ``+inf`` (checked on the per-row results,
+            which costs one small reduction). With ``False`` such rows come back as NaN, for loops that count them.
+        row_mask: optional bool tensor of shape ``logits.shape[:-1]`` on the logits' device. Rows where it is
+            ``False`` are neither computed nor read (padding, prompt tokens): their entropy is 0 and their gradient 0,
+            whatever they hold. ``None`` computes every row.
+
+    Returns:
+        ``logits.shape[:-1]`` tensor of float32 (float64 for float64 input). Its gradient has the input's dtype.
+"""
+
+
+def _with_args(doc: str) -> str:
+    return doc.rstrip() + "\n" + _IMPL_DOC
+
+
+def restricted_entropy(
+    logits: torch.Tensor,
+    kept: Union[KeptSet, float, int],
+    *,
+    chunk_size: Optional[int] = None,
+    impl: Optional[str] = None,
+    check_finite: bool = True,
+    row_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    kept = as_kept(kept)
+    check_logits(logits)
+    check_chunk_size("chunk_size", chunk_size)
+    check_row_mask(row_mask, logits)
+    lead = logits.shape[:-1]
+    vocab = logits.shape[-1]
+    rows2d = logits.reshape(-1, vocab)
+    mask1d = None if row_mask is None else row_mask.reshape(-1)
+    which = _resolve_impl(impl, logits.device, logits.dtype, kept.rule)
+    if which == "reference":
+        ent = _reference_rows(rows2d, kept, mask1d)
+        ent = ent if logits.dtype == torch.float64 else ent.float()
+    elif which == "triton":
+        from aent import ops
+
+        if kept.by_rank:
+            ent = ops.clamped_entropy_triton(rows2d, kept.num_removed(vocab), row_mask=mask1d)
+        else:
+            ent = ops.nucleus_entropy_triton(rows2d, float(kept.value), row_mask=mask1d)
+    else:
+        size = chunk_size or _default_chunk_size(rows2d.shape[0], vocab, logits.device)
+        if rows2d.shape[0] == 0:
+            ent = rows2d.new_zeros((0,), dtype=_compute_dtype(logits.dtype)) + 0 * rows2d.sum()
+        else:
+            selected = None if mask1d is None else mask1d.nonzero().squeeze(1)
+            ent = _ChunkedRestrictedEntropy.apply(rows2d, kept, size, selected)
+    if check_finite and ent.numel() > 0:
+        bad = int((~torch.isfinite(ent.detach())).sum())
+        if bad:
+            _raise_nonfinite(bad, ent.numel())
+    return ent.reshape(lead)
+
+
+restricted_entropy.__doc__ = _with_args(
+    """Per-row entropy in nats of the softmax renormalised over a kept set of each row's tokens.
+
+    For each row of temperature-scaled ``logits`` (vocabulary = last dimension, ``V`` entries), ``kept`` says which
+    tokens stay (:class:`aent.KeptSet`; a plain number is the paper's removed fraction ``clamp_p``):
+
+      * ``KeptSet.bottom_p(p)`` (AEnt, arXiv 2509.03493): the ``floor(p * V)`` lowest logits are removed.
+      * ``KeptSet.top_k(k)`` (TRE-K, arXiv 2602.03635): the ``k`` highest logits are kept.
+      * ``KeptSet.top_p(p)`` (TRE-P): the smallest top set with probability ``>= p`` is kept.
+
+    Semantics shared by every rule:
+      * Ties: every token tied with the last kept one is kept too, so the result does not depend on token order.
+      * ``-inf`` logits (masked vocabulary) count as the lowest and carry no probability. A row with no finite kept
+        logit has entropy 0 and gradient 0.
+      * The kept set is a constant for autograd; the gradient ``-q_a (log q_a + H)`` reaches kept logits only.
+
+    Args:
+        logits: ``(..., V)`` float32, bfloat16, float16 or float64 tensor, on any device; need not be contiguous.
+        kept: a :class:`aent.KeptSet`, or a number: the removed fraction of ``bottom_p``."""
+)
+
+
 def clamped_entropy(
     logits: torch.Tensor,
     clamp_p: float,
@@ -331,65 +526,86 @@ def clamped_entropy(
     check_finite: bool = True,
     row_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-row clamped entropy in nats (SPEC section 1; AEnt, arXiv 2509.03493, section 3).
+    return restricted_entropy(
+        logits,
+        KeptSet.bottom_p(clamp_p),
+        chunk_size=chunk_size,
+        impl=impl,
+        check_finite=check_finite,
+        row_mask=row_mask,
+    )
 
-    For each row of temperature-scaled ``logits`` (vocabulary = last dimension, ``V`` entries), the
-    ``k = floor(clamp_p * V)`` lowest logits are removed and the entropy of the softmax renormalised over the kept
-    tokens is returned. ``clamp_p=0`` is the ordinary full-vocabulary entropy.
 
-    Semantics:
-      * Ties: with ``t`` the (k+1)-th smallest logit of a row, every token with ``z >= t`` is kept, so at least
-        ``V - k`` tokens are kept and the result does not depend on token order.
-      * ``-inf`` logits (masked vocabulary) count as the lowest and carry no probability. A row with no finite kept
-        logit has entropy 0 and gradient 0.
-      * The kept set is a constant for autograd; the gradient ``-q_a (log q_a + H)`` reaches kept logits only.
+clamped_entropy.__doc__ = _with_args(
+    """Per-row clamped entropy in nats (AEnt, arXiv 2509.03493, section 3): the ``bottom_p`` rule.
+
+    For each row the ``k = floor(clamp_p * V)`` lowest logits are removed and the entropy of the softmax renormalised
+    over the kept tokens is returned. ``clamp_p=0`` is the ordinary full-vocabulary entropy. Ties: with ``t`` the
+    (k+1)-th smallest logit of a row, every token with ``z >= t`` is kept (at least ``V - k`` tokens). Otherwise as
+    :func:`restricted_entropy`.
 
     Args:
         logits: ``(..., V)`` float32, bfloat16, float16 or float64 tensor, on any device; need not be contiguous.
-        clamp_p: removed fraction of the vocabulary, in ``[0, 1)``. Paper settings: 0.33 (a) and 0.25 (b).
-        chunk_size: rows processed at once by the ``"torch"`` path; peak extra memory is about
-            ``5 * chunk_size * V * 4`` bytes plus the gradient. ``None`` picks ~16 MiB of float32 per scratch tensor
-            on CPU and ~128 MiB on GPU.
-        impl: ``"auto"`` (default; fused Triton kernels for float32/bfloat16/float16 CUDA tensors when Triton
-            imports, else ``"torch"``), ``"torch"``, ``"triton"`` (CUDA tensors, float32/bfloat16/float16 only;
-            errors otherwise) or ``"reference"``. When ``None``/``"auto"``, the ``AENT_ENTROPY_IMPL`` environment
-            variable may force one.
-        check_finite: raise ``ValueError`` when a row contains NaN or ``+inf`` (checked on the per-row results,
-            which costs one small reduction). With ``False`` such rows come back as NaN, for loops that count them.
-        row_mask: optional bool tensor of shape ``logits.shape[:-1]`` on the logits' device. Rows where it is
-            ``False`` are neither computed nor read (padding, prompt tokens): their entropy is 0 and their gradient 0,
-            whatever they hold. ``None`` computes every row.
+        clamp_p: removed fraction of the vocabulary, in ``[0, 1)``. Paper settings: 0.33 (a) and 0.25 (b)."""
+)
 
-    Returns:
-        ``logits.shape[:-1]`` tensor of float32 (float64 for float64 input). Its gradient has the input's dtype.
-    """
-    _check_args(logits, clamp_p, chunk_size)
-    _check_row_mask(row_mask, logits)
-    lead = logits.shape[:-1]
-    vocab = logits.shape[-1]
-    rows2d = logits.reshape(-1, vocab)
-    k = num_removed(vocab, clamp_p)
-    mask1d = None if row_mask is None else row_mask.reshape(-1)
-    which = _resolve_impl(impl, logits.device, logits.dtype)
-    if which == "reference":
-        ent = _reference_rows(rows2d, clamp_p, mask1d)
-        ent = ent if logits.dtype == torch.float64 else ent.float()
-    elif which == "triton":
-        from aent import ops
 
-        ent = ops.clamped_entropy_triton(rows2d, k, row_mask=mask1d)
-    else:
-        size = chunk_size or _default_chunk_size(rows2d.shape[0], vocab, logits.device)
-        if rows2d.shape[0] == 0:
-            ent = rows2d.new_zeros((0,), dtype=_compute_dtype(logits.dtype)) + 0 * rows2d.sum()
-        else:
-            selected = None if mask1d is None else mask1d.nonzero().squeeze(1)
-            ent = _ChunkedClampedEntropy.apply(rows2d, k, size, selected)
-    if check_finite and ent.numel() > 0:
-        bad = int((~torch.isfinite(ent.detach())).sum())
-        if bad:
-            _raise_nonfinite(bad, ent.numel())
-    return ent.reshape(lead)
+def topk_entropy(
+    logits: torch.Tensor,
+    k: int,
+    *,
+    chunk_size: Optional[int] = None,
+    impl: Optional[str] = None,
+    check_finite: bool = True,
+    row_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    kept = KeptSet.top_k(check_top_k("k", k))
+    return restricted_entropy(
+        logits, kept, chunk_size=chunk_size, impl=impl, check_finite=check_finite, row_mask=row_mask
+    )
+
+
+topk_entropy.__doc__ = _with_args(
+    """Per-row top-k restricted entropy in nats (TRE-K, arXiv 2602.03635): the ``top_k`` rule.
+
+    Every token whose logit is ``>=`` the k-th largest logit of its row is kept (ties at the boundary are all kept, so
+    at least ``k`` tokens; ``k >= V`` is the full entropy). TRE's scripts use ``k = 2`` with a coefficient 0.001
+    (their code also multiplies the bonus by ``log V / log k``, a rescale of the coefficient, not done here).
+    Otherwise as :func:`restricted_entropy`.
+
+    Args:
+        logits: ``(..., V)`` float32, bfloat16, float16 or float64 tensor, on any device; need not be contiguous.
+        k: number of highest-logit tokens kept, an integer ``>= 1``."""
+)
+
+
+def nucleus_entropy(
+    logits: torch.Tensor,
+    top_p: float,
+    *,
+    chunk_size: Optional[int] = None,
+    impl: Optional[str] = None,
+    check_finite: bool = True,
+    row_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    return restricted_entropy(
+        logits, KeptSet.top_p(top_p), chunk_size=chunk_size, impl=impl, check_finite=check_finite, row_mask=row_mask
+    )
+
+
+nucleus_entropy.__doc__ = _with_args(
+    """Per-row nucleus restricted entropy in nats (TRE-P, arXiv 2602.03635): the ``top_p`` rule.
+
+    With ``q = softmax(z)``, every token with ``q >= tau`` is kept, ``tau`` being the probability of the token at
+    which the descending cumulative sum of ``q`` first reaches ``top_p``: the smallest top set with mass ``>= top_p``,
+    plus every token tied with its last one. ``top_p = 1`` keeps every token with non-zero probability (the full
+    entropy). Exact: the nucleus is not capped (TRE's code caps it at 256 candidates). TRE's scripts use 0.99.
+    Otherwise as :func:`restricted_entropy`.
+
+    Args:
+        logits: ``(..., V)`` float32, bfloat16, float16 or float64 tensor, on any device; need not be contiguous.
+        top_p: probability mass of the nucleus, in ``(0, 1]``."""
+)
 
 
 def entropy(
@@ -400,5 +616,5 @@ def entropy(
     check_finite: bool = True,
     row_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Per-row full-vocabulary entropy in nats: ``clamped_entropy(logits, 0.0)``. See :func:`clamped_entropy`."""
+    """Per-row full-vocabulary entropy in nats: ``clamped_entropy(logits, 0.0)``. See :func:`restricted_entropy`."""
     return clamped_entropy(logits, 0.0, chunk_size=chunk_size, impl=impl, check_finite=check_finite, row_mask=row_mask)

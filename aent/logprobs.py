@@ -1,4 +1,4 @@
-"""Label log-probabilities and the clamped entropy of the same logits, with one gradient buffer.
+"""Label log-probabilities and the restricted entropy of the same logits, with one gradient buffer.
 
 A policy-gradient trainer that adds the AEnt bonus needs two things from each position's logits: the log-probability
 of the sampled token (for the policy loss) and the clamped entropy (for the bonus). Computing them with two separate
@@ -13,32 +13,41 @@ Rows outside ``row_mask`` (prompt positions, padding) are neither computed nor r
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
-from aent.entropy import _chunks, _default_chunk_size, clamped_entropy
+from aent.entropy import (
+    _chunks,
+    _default_chunk_size,
+    check_logits,
+    check_row_mask,
+    compute_dtype,
+    restricted_entropy,
+)
+from aent.kept import KeptSet, as_kept
+from aent.validate import check_chunk_size
 
 __all__ = ["logprobs_and_clamped_entropy"]
 
 
 class _LogprobsAndClampedEntropy(torch.autograd.Function):
-    """Forward: label log-probs (float32) and clamped entropy (float32) of the selected rows, 0 elsewhere.
+    """Forward: label log-probs (float32) and restricted entropy (float32) of the selected rows, 0 elsewhere.
 
-    The entropy part is :func:`aent.clamped_entropy` (any implementation) run as an inner autograd graph; the backward
+    The entropy part is :func:`aent.restricted_entropy` (any rule, any implementation) run as an inner autograd graph; the backward
     takes its gradient (one buffer, zero on unselected rows) and adds the log-probability gradient into it in place,
     chunk by chunk, so the op hands autograd exactly one ``[rows x V]`` gradient.
     """
 
     @staticmethod
-    def forward(ctx, logits2d, labels, row_mask, rows, clamp_p, chunk_size, impl):
+    def forward(ctx, logits2d, labels, row_mask, rows, kept, chunk_size, impl):
         needs_grad = logits2d.requires_grad
         with torch.enable_grad() if needs_grad else torch.no_grad():
             leaf = logits2d.detach().requires_grad_(needs_grad)
-            ent = clamped_entropy(
-                leaf, clamp_p, row_mask=row_mask, chunk_size=chunk_size, impl=impl, check_finite=False
+            ent = restricted_entropy(
+                leaf, kept, row_mask=row_mask, chunk_size=chunk_size, impl=impl, check_finite=False
             )
-        compute = torch.float64 if logits2d.dtype == torch.float64 else torch.float32
+        compute = compute_dtype(logits2d.dtype)
         n, vocab = logits2d.shape
         lse = torch.zeros(n, dtype=compute, device=logits2d.device)
         logp = torch.zeros(n, dtype=compute, device=logits2d.device)
@@ -88,21 +97,23 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
 def logprobs_and_clamped_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    clamp_p: float,
+    kept: Union[KeptSet, float, int],
     *,
     row_mask: Optional[torch.Tensor] = None,
     chunk_size: Optional[int] = None,
     impl: Optional[str] = None,
     check_finite: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(log_softmax(logits)[label], clamped_entropy(logits, clamp_p))`` per row, with one gradient buffer.
+    """``(log_softmax(logits)[label], restricted_entropy(logits, kept))`` per row, with one gradient buffer.
 
     Args:
         logits: ``(..., V)`` temperature-scaled logits (float32, bfloat16, float16 or float64).
         labels: ``logits.shape[:-1]`` integer tensor: the token whose log-probability each row gives.
-        clamp_p: removed vocabulary fraction of the clamped entropy, in ``[0, 1)`` (see :func:`aent.clamped_entropy`).
+        kept: the entropy's kept set, an :class:`aent.KeptSet` (``bottom_p``, ``top_k`` or ``top_p``; see
+            :func:`aent.restricted_entropy`), or a number: the removed fraction ``clamp_p`` of ``bottom_p``.
         row_mask: optional bool tensor of shape ``logits.shape[:-1]``: rows where it is False are neither computed nor
             read; both outputs are 0 there and their gradient is 0. Use it to skip prompt and padding positions.
+            Same rule as :func:`aent.restricted_entropy`'s.
         chunk_size: rows per chunk (``None``: automatic), for the entropy and the log-probability parts.
         impl: implementation of the entropy part (see :func:`aent.clamped_entropy`).
         check_finite: raise ``ValueError`` when a computed row holds NaN or ``+inf``; with ``False`` such rows give
@@ -112,10 +123,11 @@ def logprobs_and_clamped_entropy(
         ``(log_probs, entropy)``, both float32 (float64 for float64 logits) of shape ``logits.shape[:-1]``. The
         gradient that reaches ``logits`` is the sum of both terms' gradients, written once, in the logits' dtype.
     """
+    kept = as_kept(kept)
+    check_logits(logits)
+    check_chunk_size("chunk_size", chunk_size)
     if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor of token ids, got {getattr(labels, 'dtype', labels)!r}")
-    if not isinstance(logits, torch.Tensor) or logits.dim() == 0:
-        raise ValueError("logits must be a tensor with the vocabulary as its last dimension")
     if tuple(labels.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
             f"labels shape {tuple(labels.shape)} must equal logits.shape[:-1] = {tuple(logits.shape[:-1])}"
@@ -126,15 +138,8 @@ def logprobs_and_clamped_entropy(
     lead = logits.shape[:-1]
     rows2d = logits.reshape(-1, vocab)
     labels1d = labels.reshape(-1).to(torch.int64)
+    check_row_mask(row_mask, logits)
     if row_mask is not None:
-        if (
-            not isinstance(row_mask, torch.Tensor)
-            or row_mask.dtype != torch.bool
-            or tuple(row_mask.shape) != tuple(lead)
-        ):
-            raise ValueError(
-                f"row_mask must be a bool tensor of shape {tuple(lead)} (logits.shape[:-1]), got {row_mask!r}"
-            )
         mask1d = row_mask.reshape(-1)
         rows = mask1d.nonzero().squeeze(1)
     else:
@@ -147,7 +152,7 @@ def logprobs_and_clamped_entropy(
             raise ValueError(
                 f"labels must lie in [0, {vocab}) (the logits' last dimension), got values in [{low}, {high}]"
             )
-    logp, ent = _LogprobsAndClampedEntropy.apply(rows2d, labels1d, mask1d, rows, clamp_p, chunk_size, impl)
+    logp, ent = _LogprobsAndClampedEntropy.apply(rows2d, labels1d, mask1d, rows, kept, chunk_size, impl)
     if check_finite and rows.numel():
         bad = int((~torch.isfinite(ent.index_select(0, rows))).sum())
         if bad:

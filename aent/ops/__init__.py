@@ -9,6 +9,8 @@ import torch
 
 #: Input dtypes the fused kernels handle (others, e.g. float64, go to the ``"torch"`` path under ``impl="auto"``).
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Kept-set rules (:data:`aent.KEPT_RULES`) with a fused kernel; ``impl="auto"`` takes the torch path for the others.
+FUSED_RULES = ("bottom_p", "top_k")
 #: Oldest Triton the fused kernels compile with (``tl.histogram(..., mask=)``).
 MIN_TRITON = (3, 4)
 
