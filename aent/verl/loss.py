@@ -6,10 +6,12 @@ One callable serves the two calls verl's FSDP engine makes per micro-batch when 
 1. ``loss(student_logits=<(1, n_tokens, V) temperature-scaled logits>, data=micro_batch)``: the label log-probs AND
    the clamped entropy of the rows that can reach the loss (response positions after verl's one-token shift), from
    one op with one gradient (:func:`aent.logprobs_and_clamped_entropy`), returned as
-   ``{"log_probs": (1, n_tokens), "aent_clamped_entropy": (1, n_tokens)}`` (0 on prompt and padding rows). With
-   ``distillation_only=True`` the engine stores them in ``model_output`` and computes nothing else from the logits:
-   neither its own log-probs (flash-attn's cross-entropy, whose in-place backward would overwrite the logits) nor,
-   with ``calculate_entropy=False``, its eager full-vocabulary entropy. docs/VERL.md weighs this against the other
+   ``{"log_probs": (1, n_tokens), "aent_clamped_entropy": (1, n_tokens)}`` (0 on prompt and padding rows). The
+   log-probs carry the op's gradient but the values of verl's own log-prob call on the same logits
+   (:func:`engine_log_probs`, without autograd), so that they equal the old-log-prob pass's whatever the precision
+   path. With ``distillation_only=True`` the engine stores them in ``model_output`` and computes nothing else from
+   the logits: neither its own log-probs with autograd (flash-attn's cross-entropy, whose in-place backward would
+   overwrite the logits) nor, with ``calculate_entropy=False``, its eager full-vocabulary entropy. docs/VERL.md weighs this against the other
    seams.
 2. ``loss(model_output=..., data=micro_batch, dp_group=...)``: the run's own verl policy loss (``ppo_loss`` with
    ``entropy_coeff=0``, whatever ``policy_loss.loss_mode`` is), minus ``coef * agg(clamped entropy)``, aggregated
@@ -170,8 +172,10 @@ class AEntPolicyLoss:
     def logits_outputs(self, student_logits: torch.Tensor, data) -> Dict[str, torch.Tensor]:
         """Label log-probs and clamped entropy of the engine's ``(1, n_tokens, V)`` logits, each ``(1, n_tokens)``.
 
-        Only the loss rows are computed (0 elsewhere). Non-finite rows come back as NaN: the loss call counts them on
-        response tokens, and the trainer stops the step with an error naming it.
+        Only the loss rows are computed (0 elsewhere). The log-probs' values are verl's (:func:`engine_log_probs`),
+        their gradient the op's; ``aent_logprob_gap`` holds ``|op's log-prob - verl's|`` per row, for the metric of
+        the same name. Non-finite rows come back as NaN: the loss call counts them on response tokens, and the
+        trainer stops the step with an error naming it.
         """
         logits = student_logits.squeeze(0)
         labels, rows = packed_labels_and_loss_rows(data, logits.shape[0], logits.device)
