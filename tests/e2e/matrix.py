@@ -73,6 +73,9 @@ class Cell:
     ci: bool = False  # in the part CI runs
 
 
+# One entry per setting. A recipe of the repository is a cell too, e.g. Cell("skywork", "configs/skywork_math.yaml",
+# recipe="skywork_math") (its own aent options: options={...}); a verl switch is its override, e.g.
+# Cell("fused", "fused kernels", ("actor_rollout_ref.model.use_fused_kernels=true",)).
 CELLS = (
     Cell("fsdp2", "FSDP2 (the recipe's strategy)"),
     Cell("fsdp1", "FSDP1, verl's default strategy", ("actor_rollout_ref.actor.strategy=fsdp",), ci=True),
