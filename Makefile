@@ -55,8 +55,9 @@ e2e-matrix: e2e-setup
 e2e-matrix-ci: e2e-setup
 	timeout 3000 $(PY_E2E) tests/e2e/matrix.py --ci $(MATRIX_ARGS)
 
-lint: setup
+lint: setup  # what CI runs
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) $(VENV_E2E) build *.egg-info .pytest_cache

@@ -15,25 +15,8 @@ SUBCOMMANDS = {
         "the paper's controlled experiment (Figure 1): entropy bonuses in a 100k-action MDP",
     ),
     "prepare-data": ("aent.data", "convert local MATH / GSM8K / OpenR1 / evaluation files into verl parquet"),
-    "info": ("aent.cli", "versions and the entropy implementation that would run on each device"),
+    "info": ("aent.info", "versions and the entropy implementation that would run on each device"),
 }
-
-
-def info(argv: Optional[List[str]] = None) -> int:
-    argparse.ArgumentParser(prog="aent info", description=SUBCOMMANDS["info"][1]).parse_args(argv)
-    import torch
-
-    import aent
-    from aent import ops
-    from aent.entropy import _resolve_impl
-
-    print(f"aent {aent.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
-    print(f"cpu entropy implementation: {_resolve_impl(None, torch.device('cpu'))}")
-    if torch.cuda.is_available():
-        print(f"cuda ({torch.cuda.get_device_name()}): {_resolve_impl(None, torch.device('cuda'))}")
-    else:
-        print(f"cuda: not available (fused Triton kernels installed: {ops.triton_available()})")
-    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -48,8 +31,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     ns = parser.parse_args(argv[:1])
     module_name, _ = SUBCOMMANDS[ns.command]
-    if ns.command == "info":
-        return info(argv[1:])
     module = importlib.import_module(module_name)
     return int(module.main(argv[1:]) or 0)
 

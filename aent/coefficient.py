@@ -1,4 +1,4 @@
-"""Entropy coefficients: the AEnt adaptive controller (SPEC section 3, paper Algorithm 1) and a constant one.
+"""Entropy coefficients: the AEnt adaptive controller (paper Algorithm 1; docs/METHOD.md) and a constant one.
 
 Both share one interface so that a trainer never branches on the kind:
 
@@ -20,7 +20,7 @@ __all__ = ["AdaptiveCoefficient", "ConstantCoefficient", "build_coefficient", "c
 
 
 class AdaptiveCoefficient:
-    """AEnt's adaptive entropy coefficient (Algorithm 1 of arXiv 2509.03493; SPEC section 3).
+    """AEnt's adaptive entropy coefficient (Algorithm 1 of arXiv 2509.03493; docs/METHOD.md).
 
     After each global step ``step >= warmup_steps`` with measured token-mean clamped entropy ``H`` (nats)::
 
@@ -138,7 +138,7 @@ class AdaptiveCoefficient:
 
 
 class ConstantCoefficient(AdaptiveCoefficient):
-    """A fixed entropy coefficient with the controller's interface (SPEC: the controller with ``lr = 0``).
+    """A fixed entropy coefficient with the controller's interface (docs/METHOD.md: the controller with ``lr = 0``).
 
     Measurements are still recorded (``last_entropy``, ``step``), so logs and checkpoints look the same whichever
     coefficient a run uses.

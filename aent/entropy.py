@@ -55,7 +55,7 @@ _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
 def num_removed(vocab_size: int, clamp_p: float) -> int:
-    """Number of lowest-logit tokens removed from a row: ``floor(clamp_p * vocab_size)`` (SPEC section 1).
+    """Number of lowest-logit tokens removed from a row: ``floor(clamp_p * vocab_size)`` (docs/METHOD.md, "Clamped entropy").
 
     The product is taken in float64, exactly as written: ``clamp_p=0.29, vocab_size=100`` removes 28 tokens because
     the binary value of 0.29 is slightly below 0.29. At real vocabulary sizes this is at most one token.
@@ -537,7 +537,7 @@ def clamped_entropy(
 
 
 clamped_entropy.__doc__ = _with_args(
-    """Per-row clamped entropy in nats (AEnt, arXiv 2509.03493, section 3): the ``bottom_p`` rule.
+    """Per-row clamped entropy in nats (AEnt, arXiv 2509.03493, section 3; docs/METHOD.md): the ``bottom_p`` rule.
 
     For each row the ``k = floor(clamp_p * V)`` lowest logits are removed and the entropy of the softmax renormalised
     over the kept tokens is returned. ``clamp_p=0`` is the ordinary full-vocabulary entropy. Ties: with ``t`` the

@@ -1,4 +1,4 @@
-"""The entropy term a trainer subtracts from its policy loss (SPEC section 2), and verl-compatible aggregation."""
+"""The entropy term a trainer subtracts from its policy loss (docs/METHOD.md, "Loss"), and verl-compatible aggregation."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def entropy_bonus(
     chunk_size: Optional[int] = None,
     impl: Optional[str] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """The AEnt entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (SPEC section 2).
+    """The AEnt entropy term of a custom trainer's loss: ``loss = policy_loss - term`` (docs/METHOD.md, "Loss").
 
     ``term = coef * aggregate(clamped_entropy(logits, clamp_p), response_mask, loss_agg_mode)``.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Forward + backward time and peak extra memory of entropy variants over [tokens x vocabulary] logits.
 
-Variants, all timed in one process on one device (see docs/PERFORMANCE.md and PERF.md):
+Variants, all timed in one process on one device (see docs/PERFORMANCE.md):
 
 ``full_verl``    full-vocabulary entropy as verl computes it (``verl.utils.torch_functional.entropy_from_logits`` when
                  verl imports, else the same formula written out: softmax, then logsumexp - sum p z), eager autograd.
@@ -115,7 +115,7 @@ def clamped_cpu_mask(logits: torch.Tensor, clamp_p: float) -> torch.Tensor:
 
 
 def clamped_kthvalue(logits: torch.Tensor, clamp_p: float) -> torch.Tensor:
-    """Threshold = (k+1)-th smallest by torch.kthvalue on the device, keep z >= threshold (SPEC tie rule)."""
+    """Threshold = (k+1)-th smallest by torch.kthvalue on the device, keep z >= threshold (the tie rule of docs/METHOD.md)."""
     k = aent.num_removed(logits.shape[-1], clamp_p)
     with torch.no_grad():
         z = logits.detach().float()

@@ -11,7 +11,7 @@ step is a forward + backward over ``batch x seq`` tokens; logits are upcast to f
 ``(d) pg+aent_torch`` (a) minus ``coef *`` the clamped entropy by aent's torch path (for comparison)
 
 Reports ms (CUDA events, min and median after warm-up), peak memory and the ratio to (a); appends the rows to
-``benchmarks/step.csv`` (CUDA) with device, versions and date. The target (PERF.md) is (c)/(a) <= 1.03.
+``benchmarks/step.csv`` (CUDA) with device, versions and date. The target (docs/PERFORMANCE.md, "Targets and status") is (c)/(a) <= 1.03.
 
     python scripts/bench_step.py                   # CUDA, 4 x 1024 tokens
     python scripts/bench_step.py --device cpu      # tiny config on the CPU: checks the script itself

@@ -3,7 +3,8 @@
 # benchmark, then the training-step benchmarks (a transformers step, and verl's own actor update with and without
 # AEnt). Every stage runs under its own time limit (90 + 30 + 150 + 60 + 120 s at most,
 # so the whole script fits one 480-s device call with time left for a rerun in a 15-minute budget) and a failing
-# stage does not stop the next one; the exit status is non-zero if any stage failed.
+# stage does not stop the next one; the exit status is non-zero if any stage failed or did not run (a stage whose
+# prerequisites do not import counts as failed, and the summary names it).
 #
 #   bash scripts/gpu_checks.sh            # from the repository root (or anywhere: it changes into the root)
 #   AENT_GPU_PYTEST=1 bash scripts/gpu_checks.sh   # also run `pytest -m gpu` (repeats the verify stage; +90 s cap)
@@ -59,7 +60,7 @@ EOF
             "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
                 && export PYTHONPATH="$PYTHONPATH:/tmp/site"
         else
-            echo "transformers missing and no .whl/ folder: the step benchmark will be skipped. To bring it, see"
+            echo "transformers missing and no .whl/ folder: the step benchmark will not run (counted as failed). To bring it, see"
             echo "docs/PERFORMANCE.md ('Running on the GPU machine'): pip download the wheels into .whl/ and carry .whl"
         fi
     fi
@@ -74,7 +75,8 @@ EOF
             stage "pytest -m gpu tests/test_triton_entropy.py" 90 \
                 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py
         else
-            echo "pytest not importable here: the CUDA tests ran as 'verify' above only"
+            echo "pytest not importable here: pytest -m gpu did NOT run"
+            FAILED+=("pytest -m gpu (did not run: pytest not importable)")
         fi
     fi
 
@@ -86,7 +88,8 @@ EOF
     if "$PY" -c "import transformers" 2>/dev/null; then
         stage "bench_step" 60 "$PY" scripts/bench_step.py
     else
-        FAILED+=("bench_step (transformers not importable)")
+        echo "transformers not importable here: bench_step did NOT run"
+        FAILED+=("bench_step (did not run: transformers not importable)")
     fi
 
     # 4. verl's own actor update (FSDP engine, one GPU), plain GRPO against AEnt on a Qwen2.5-1.5B-shaped random
@@ -96,8 +99,9 @@ EOF
         stage "bench_verl_update" 120 "$PY" scripts/bench_verl_update.py --device cuda --dtype bf16 --logprob verl \
             --preset qwen2.5-1.5b --vocab 151936 --seqs 4 --seq-len 1024 --prompt-len 256 --micro 4 --reps 3
     else
-        echo "verl/tensordict/transformers not importable here: bench_verl_update skipped (carry the wheels, see"
+        echo "verl/tensordict/transformers not importable here: bench_verl_update did NOT run (carry the wheels, see"
         echo "docs/PERFORMANCE.md 'Running on the GPU machine')"
+        FAILED+=("bench_verl_update (did not run: verl, tensordict or transformers not importable)")
     fi
 
     cp benchmarks/entropy.csv benchmarks/step.csv benchmarks/verl_update.csv "$OUT_DIR"/ 2>/dev/null
@@ -105,7 +109,8 @@ EOF
     if [ "${#FAILED[@]}" -eq 0 ]; then
         echo "=== all stages passed; results in $OUT_DIR"
     else
-        echo "=== failed stages: ${FAILED[*]}; results so far in $OUT_DIR"
+        echo "=== ${#FAILED[@]} stage(s) failed or did not run; results so far in $OUT_DIR:"
+        printf '===   %s\n' "${FAILED[@]}"
     fi
     [ "${#FAILED[@]}" -eq 0 ]
 } 2>&1 | tee "$LOG"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from aent_test_support.deps import require
 
 import aent
 
@@ -20,8 +21,8 @@ def test_normalised_per_group_and_zero_for_equal_rewards():
 
 @pytest.mark.parametrize("norm_by_std", [True, False])
 def test_matches_verl_compute_grpo_outcome_advantage(norm_by_std):
-    np = pytest.importorskip("numpy")
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    np = require("numpy", "demo")
+    core_algos = require("verl.trainer.ppo.core_algos", "verl")
     gen = torch.Generator().manual_seed(0)
     prompts, group, length = 6, 5, 7
     rewards = (torch.rand(prompts, group, generator=gen) < 0.4).float() * torch.rand(prompts, group, generator=gen)

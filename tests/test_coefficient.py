@@ -1,4 +1,4 @@
-"""The adaptive coefficient (SPEC section 3) and the constant one."""
+"""The adaptive coefficient (docs/METHOD.md, "Adaptive coefficient") and the constant one."""
 
 import json
 import math

@@ -8,10 +8,10 @@ import json
 import os
 
 import pytest
+from aent_test_support.deps import require
 
 for _module in ("pandas", "pyarrow", "tqdm"):
-    if importlib.util.find_spec(_module) is None:
-        pytest.skip(f"{_module} is not installed (pip install 'aent[data]')", allow_module_level=True)
+    require(_module, "data", find_only=True)
 
 import pandas as pd  # noqa: E402
 
@@ -186,7 +186,7 @@ def write_source(rows, kind, folder):
         path = folder / "test.json"
         path.write_text(json.dumps(rows))
     elif kind == "save_to_disk":
-        datasets = pytest.importorskip("datasets")
+        datasets = require("datasets", "verl")
         path = folder / "saved"
         datasets.DatasetDict({"test": datasets.Dataset.from_pandas(df)}).save_to_disk(str(path))
     elif kind == "hub_folder":  # a hub snapshot: data/<split>-*.parquet
@@ -204,8 +204,8 @@ def write_source(rows, kind, folder):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    pytest.importorskip("tokenizers")
-    pytest.importorskip("transformers")
+    require("tokenizers", "demo")
+    require("transformers", "verl")
     from aent.experiments.tiny_model import build_bpe_tokenizer
 
     corpus = ["What is 1 + 1? Let's think step by step.", "\\boxed{\\frac{1}{2}} apples"] * 20
@@ -237,8 +237,8 @@ def test_every_output_name_has_a_case():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_round_trip_through_verl(name, tmp_path, tiny_tokenizer):
-    rl_dataset = pytest.importorskip("verl.utils.dataset.rl_dataset")
-    omegaconf = pytest.importorskip("omegaconf")
+    rl_dataset = require("verl.utils.dataset.rl_dataset", "verl")
+    omegaconf = require("omegaconf", "verl")
     rows, kind, expected_truths = CASES[name]
     source_path = write_source(rows, kind, tmp_path / "src")
     split = "test" if kind == "save_to_disk" else None
@@ -284,7 +284,7 @@ def test_round_trip_through_verl(name, tmp_path, tiny_tokenizer):
 
 
 def test_gsm8k_full_solution_scores_against_prepared_truth(tmp_path):
-    pytest.importorskip("math_verify")
+    require("math_verify", "math")
     out = prepare("gsm8k_test", write_source(gsm8k_rows(3), "jsonl", tmp_path), str(tmp_path / "o"), progress=False)
     table = pd.read_parquet(out)
     assert compute_score(

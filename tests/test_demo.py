@@ -11,9 +11,10 @@ import os
 
 import pytest
 import torch
+from aent_test_support.deps import require
 
-pytest.importorskip("transformers")
-pytest.importorskip("math_verify")
+require("transformers", "verl")
+require("math_verify", "math")
 
 import aent  # noqa: E402
 from aent.experiments import demo  # noqa: E402
@@ -80,7 +81,7 @@ def test_quick_runs_end_to_end_and_writes_outputs(quick_run):
         rows = _read_csv(os.path.join(out_dir, f"metrics_{arm}.csv"))
         assert len(rows) == cfg.steps
         assert list(rows[0]) == list(demo.METRIC_COLUMNS)
-        assert [int(r["step"]) for r in rows] == list(range(cfg.steps))
+        assert [int(r["step"]) for r in rows] == list(range(1, cfg.steps + 1))  # global steps count from 1
         for r in rows:
             for key in ("reward", "accuracy", "format_rate", "entropy", "clamped_entropy", "coef", "response_length"):
                 assert math.isfinite(float(r[key])), (arm, key, r)
@@ -104,7 +105,7 @@ def test_quick_runs_end_to_end_and_writes_outputs(quick_run):
 
 @pytest.mark.slow
 def test_quick_aent_coefficient_follows_algorithm_1(quick_run):
-    """SPEC section 3 recomputed from the logged clamped entropy: below the band up, above down, inside unchanged."""
+    """Algorithm 1 (docs/METHOD.md) recomputed from the logged clamped entropy: below the band up, above down, inside unchanged."""
     _, out_dir = quick_run
     cfg = demo.DemoConfig.quick_config()
     rows = _read_csv(os.path.join(out_dir, "metrics_aent.csv"))
@@ -149,6 +150,33 @@ def test_train_arm_moves_coefficient_toward_band(tmp_path, band, direction):
         assert step * direction > 0
         shortfall = (h - band[0]) if direction > 0 else (h - band[1])
         assert step == pytest.approx(-cfg.aent_lr * shortfall, rel=1e-9)
+
+
+def test_steps_count_from_1_and_warmup_steps_means_what_it_means_in_verl(tmp_path):
+    """One step convention everywhere (verl, the README loop, aent.verl's trainer, this demo): global steps count
+    from 1, steps 1..warmup_steps use the initial coefficient, the first update that moves it follows step
+    warmup_steps, and step warmup_steps + 1 is the first to use a moved value."""
+    warmup = 2
+    cfg = _tiny_config(
+        tmp_path,
+        steps=4,
+        aent_warmup=warmup,
+        aent_low=3.0,
+        aent_high=3.2,  # far above the measured ~2.8 nats: every allowed update raises the coefficient
+        aent_init=0.5,
+        aent_lr=0.01,
+        aent_min=0.0,
+        aent_max=1.0,
+    )
+    tokenizer = demo.build_tokenizer()
+    task = demo.AdditionTask(cfg.max_operand, cfg.seed, cfg.eval_size)
+    model = demo.build_model(len(tokenizer), cfg)
+    rows = demo.train_arm("aent", model, tokenizer, task, cfg, _score(), progress=False)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    moved_after = [r["step"] for r in rows if r["coef_next"] != r["coef"]]
+    assert moved_after == list(range(warmup, cfg.steps + 1))
+    first_using_moved = next(r["step"] for r in rows if r["coef"] != cfg.aent_init)
+    assert first_using_moved == warmup + 1
 
 
 # ------------------------------------------------------------------------------------------------------------------

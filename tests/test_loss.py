@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from aent_test_support.deps import require
 
 import aent
 
@@ -16,7 +17,7 @@ def _batch(seed=0, bs=4, seq=9, vocab=101):
 
 @pytest.mark.parametrize("mode", aent.LOSS_AGG_MODES)
 def test_aggregate_matches_verl_agg_loss(mode):
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    core_algos = require("verl.trainer.ppo.core_algos", "verl")
     _, mask = _batch()
     values = torch.rand(mask.shape, generator=torch.Generator().manual_seed(2))
     ours = aent.aggregate(values, mask, mode)

@@ -38,6 +38,18 @@ def test_console_script_help_and_info():
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
+def test_every_subcommand_is_a_module_with_a_main():
+    """The CLI only dispatches: each subcommand is ``<module>.main(argv)``, none is special-cased in aent.cli."""
+    import importlib.util
+
+    from aent import cli
+
+    for name, (module, _help) in cli.SUBCOMMANDS.items():
+        assert module != "aent.cli", name
+        assert importlib.util.find_spec(module) is not None, (name, module)
+    assert not hasattr(cli, "info")
+
+
 @pytest.mark.slow
 def test_chunked_path_peak_memory_stays_near_input_plus_gradient():
     """[8192, 50000] fp32 (1.6 GB): eager autograd would hold ~6x that; the chunked path holds the gradient + O(chunk)."""

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from aent_test_support.deps import require
 
-if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it here would defeat the lightness checks
-    pytest.skip("math-verify is not installed (pip install 'aent[math]')", allow_module_level=True)
+require("math_verify", "math", find_only=True)  # find_only: importing it here would defeat the lightness checks
 
 import aent.reward as reward  # noqa: E402
 from aent.reward import compute_score  # noqa: E402
@@ -264,10 +263,47 @@ def test_format_penalty_and_kwargs():
         compute_score(MATH, r"\boxed{3}", "3", timeout=0)
 
 
+def test_unknown_keyword_arguments_are_refused_with_the_known_ones():
+    """reward_kwargs.timout=10 (a typo) must not do nothing silently."""
+    for call in (
+        lambda: compute_score(MATH, r"\boxed{3}", "3", timout=10),
+        lambda: reward.compute_score_batch([MATH], [r"\boxed{3}"], ["3"], timout=10),
+        lambda: asyncio.run(reward.compute_score_async(MATH, r"\boxed{3}", "3", timout=10)),
+    ):
+        with pytest.raises(TypeError) as info:
+            call()
+        msg = str(info.value)
+        assert "['timout']" in msg and "timeout" in msg and "format_penalty" in msg and "reward_router_address" in msg
+    # what verl's reward managers pass with a reward model is accepted
+    assert compute_score(MATH, r"\boxed{3}", "3", reward_router_address="x", reward_model_tokenizer=None)["acc"]
+
+
+@pytest.mark.parametrize("name", ["AENT_REWARD_TIMEOUT", "AENT_REWARD_STARTUP_TIMEOUT"])
+def test_malformed_reward_environment_variables_name_the_variable(name, monkeypatch):
+    # importing the reward with a malformed value works (it is read where it is used) ...
+    env = dict(__import__("os").environ, **{name: "5s"})
+    proc = subprocess.run([sys.executable, "-c", "import aent.reward"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    # ... and its use names it
+    from aent.reward.pool import env_seconds
+
+    for bad in ("5s", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValueError, match=f"environment variable {name} must be a number of seconds > 0"):
+            env_seconds(name, 1.0)
+    monkeypatch.setenv("AENT_REWARD_TIMEOUT", "5s")
+    with pytest.raises(ValueError, match="AENT_REWARD_TIMEOUT"):
+        compute_score(MATH, r"\boxed{3}", "4")
+    monkeypatch.setenv(name, "2.5")
+    assert env_seconds(name, 1.0) == 2.5
+    monkeypatch.delenv(name)
+    assert env_seconds(name, 1.0) == 1.0
+
+
 def _verl_reward_fn(name, reward_kwargs):
     """The reward function verl 0.9 loads for reward.custom_reward_function.path=pkg://aent.reward and ``name``."""
-    omegaconf = pytest.importorskip("omegaconf")
-    verl_reward = pytest.importorskip("verl.trainer.ppo.reward")
+    omegaconf = require("omegaconf", "verl")
+    verl_reward = require("verl.trainer.ppo.reward", "verl")
     cfg = omegaconf.OmegaConf.create(
         {
             "reward": {
@@ -306,7 +342,7 @@ def test_async_entry_point_through_verl():
 def test_bad_ground_truth_reaches_verl_validation_metrics():
     """verl 0.9 turns every numeric key of the result into a validation metric per data source
     (val-aux/<data_source>/bad_ground_truth/mean@N); string keys such as reason are skipped."""
-    metric_utils = pytest.importorskip("verl.trainer.ppo.metric_utils")
+    metric_utils = require("verl.trainer.ppo.metric_utils", "verl")
     rows = [(MATH, r"\boxed{3}", "3"), (MATH, r"\boxed{3}", None), (MATH, r"\boxed{4}", "3"), (MATH, r"\boxed{3}", "")]
     results = [compute_score(*row) for row in rows]
     infos = {key: [r[key] for r in results] for key in results[0]}

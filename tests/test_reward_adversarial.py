@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from aent_test_support.deps import require
 
-if importlib.util.find_spec("math_verify") is None:  # find_spec: importing it here would defeat the lightness checks
-    pytest.skip("math-verify is not installed (pip install 'aent[math]')", allow_module_level=True)
+require("math_verify", "math", find_only=True)  # find_only: importing it here would defeat the lightness checks
 
 import aent.reward as reward  # noqa: E402
 from aent.reward import compute_score  # noqa: E402

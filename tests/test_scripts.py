@@ -125,3 +125,24 @@ def test_script_answers_help_without_doing_work(path, flag, trap, tmp_path):
     if _kind(path) == "py":
         heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY-MODULES:")]
         assert heavy == ["HEAVY-MODULES:"], f"{path.name} {flag} imported heavy modules: {heavy}"
+
+
+def test_gpu_checks_counts_a_stage_that_did_not_run_as_failed(tmp_path):
+    """With every stage passing but verl missing, gpu_checks.sh says that bench_verl_update did not run and exits
+    non-zero: on the one day a GPU is lent, a skipped stage must not read as a pass."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    stub = folder / "python"
+    # a python on which every stage succeeds, but `import verl` fails
+    stub.write_text('#!/bin/sh\ncase "$*" in *"import verl"*) exit 1;; esac\nexit 0\n')
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    out_dir = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out_dir), PYTHON=str(stub), PATH=f"{folder}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpu_checks.sh")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "bench_verl_update did NOT run" in proc.stdout, proc.stdout
+    assert "1 stage(s) failed or did not run" in proc.stdout, proc.stdout
+    assert "bench_verl_update (did not run: verl, tensordict or transformers not importable)" in proc.stdout
+    assert "all stages passed" not in proc.stdout

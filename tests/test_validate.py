@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from aent_test_support.deps import require
 
 import aent
 from aent.verl.options import AEntOptions
@@ -34,7 +35,7 @@ def test_clamp_p_is_refused_alike_everywhere(clamp_p):
     options = _message(lambda: AEntOptions(clamp_p=clamp_p))
     assert "clamp_p must be a number in [0, 1)" in core
     _same(core, options)
-    pytest.importorskip("verl")
+    require("verl", "verl")
     from aent.verl.loss import AEntPolicyLoss
 
     class Config:
@@ -49,7 +50,7 @@ def test_chunk_size_is_refused_alike_everywhere(chunk_size):
     core = _message(lambda: aent.clamped_entropy(torch.zeros(2, 5), 0.3, chunk_size=chunk_size))
     options = _message(lambda: AEntOptions(chunk_size=chunk_size))
     _same(core, options)
-    pytest.importorskip("verl")
+    require("verl", "verl")
     from aent.verl.loss import AEntPolicyLoss
 
     class Config:

@@ -20,8 +20,11 @@ import tempfile
 
 import pytest
 
-pytest.importorskip("verl")
-pytest.importorskip("transformers")
+if __name__ != "__main__":  # under pytest (the engine subprocess runs this file as a script, with its own path)
+    from aent_test_support.deps import require
+
+    require("verl", "verl")
+    require("transformers", "verl")
 
 MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 COEF = 0.5
@@ -206,8 +209,8 @@ def run_checks(out_path: str) -> None:
         clamped_entropy_ref=float(h_ref),
         metric_entropy_sum=m1["actor/aent_entropy_sum"],
         metric_num_tokens=m1["actor/aent_num_tokens"],
-        metric_clamped_entropy=m1["actor/aent_clamped_entropy"],
-        metric_clamped_entropy_coef0=m0["actor/aent_clamped_entropy"],
+        metric_clamped_entropy=m1["actor/aent_entropy_sum"] / m1["actor/aent_num_tokens"],
+        metric_clamped_entropy_coef0=m0["actor/aent_entropy_sum"] / m0["actor/aent_num_tokens"],
         metric_coef=m1["actor/aent_coef"],
         metric_nonfinite=m1["actor/aent_nonfinite_tokens"],
         metric_keys=sorted(m1),
@@ -346,7 +349,9 @@ def test_bonus_enters_the_loss_and_its_gradient_reaches_the_weights(engine_resul
 def test_metrics_come_back_and_the_update_computes_no_verl_entropy(engine_results):
     r = engine_results
     keys = set(r["metric_keys"])
-    assert {"actor/aent_clamped_entropy", "actor/aent_coef", "actor/pg_loss"} <= keys
+    assert {"actor/aent_entropy_sum", "actor/aent_num_tokens", "actor/aent_coef", "actor/pg_loss"} <= keys
+    # the step's token-weighted clamped entropy is the trainer's (sum / tokens over the step); the loss sends none
+    assert "actor/aent_clamped_entropy" not in keys
     assert r["metric_coef"] == COEF
     # verl's eager full-vocabulary entropy is neither computed nor back-propagated in the AEnt update ...
     assert "actor/entropy_loss" not in keys and r["full_entropy_metric"] is None

@@ -23,8 +23,9 @@ import subprocess
 import sys
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MAIN_PPO = "verl.trainer.main_ppo"
@@ -72,6 +73,22 @@ CASES = [
         ["trainer.use_v1=false", "set trainer.use_v1=true"],
     ),
     ("main_ppo:plain_grpo", MAIN_PPO, [f"--config-path={CONFIG_DIR}", "--config-name=grpo_math"], "runs"),
+    (
+        "main_ppo:loss_mode=aent",
+        MAIN_PPO,
+        [
+            f"--config-path={CONFIG_DIR}",
+            "--config-name=grpo_math",
+            "actor_rollout_ref.actor.policy_loss.loss_mode=aent",
+        ],
+        "runs",
+    ),
+    (
+        "one_step_off:loss_mode=aent",
+        ONE_STEP_OFF,
+        ["actor_rollout_ref.actor.policy_loss.loss_mode=aent"],
+        ["verl.experimental.one_step_off_policy.main_ppo", "does not run AEnt", "policy_loss.loss_mode=aent"],
+    ),
     (
         "one_step_off:aent_block",
         ONE_STEP_OFF,

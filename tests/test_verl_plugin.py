@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 CHECK = (
     "import sys, verl\n"
@@ -61,8 +62,26 @@ def test_plugins_disabled_leaves_verl_alone():
     assert "HAS False" in proc.stdout
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.mark.parametrize("recipe", ["aent_grpo_math", "entreg_math"])
+def test_plugins_disabled_and_an_aent_block_under_sync_stop_the_run(recipe):
+    """With verl's plugins off nothing of the plugin runs; the recipe's own Hydra callback (aent.verl.guard) stops
+    a run that asks for AEnt before verl's main starts (no Ray), instead of training without AEnt."""
+    argv = [f"--config-path={CONFIGS}", f"--config-name={recipe}", "trainer.v1.trainer_mode=sync"]
+    code = "import sys, runpy\nsys.argv = ['main_ppo', *sys.argv[1:]]\nrunpy.run_module('verl.trainer.main_ppo', run_name='__main__')"
+    env = dict(os.environ, VERL_USE_EXTERNAL_PLUGINS="none", PYTHONPATH=os.pathsep.join(sys.path), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "AEnt's verl plugin is not loaded (VERL_USE_EXTERNAL_PLUGINS=none)" in out, out[-3000:]
+    assert "VERL_USE_EXTERNAL_MODULES=aent.verl.plugin" in out
+    assert "Started a local Ray instance" not in out  # stopped before verl's main reached ray.init
+
+
 def test_mode_is_available_in_a_ray_worker():
-    ray = pytest.importorskip("ray")
+    ray = require("ray", "verl")
     try:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     except Exception as err:  # pragma: no cover - depends on the machine

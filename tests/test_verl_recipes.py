@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
-hydra = pytest.importorskip("hydra")
+require("verl", "verl")
+hydra = require("hydra", "verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -71,31 +72,14 @@ def test_setting_a_recipes_share_data_and_hyperparameters(recipes):
 
 
 def test_aent_recipes_carry_the_paper_settings(recipes):
+    from aent.settings import OPTION_NAMES, SETTING_A, SETTING_B
     from aent.verl.checks import check_config
 
     a = check_config(recipes["aent_grpo_math"])
-    assert (a.clamp_p, a.coef_init, a.entropy_low, a.entropy_high, a.lr, a.coef_min, a.coef_max, a.warmup_steps) == (
-        0.33,
-        0.002,
-        0.15,
-        0.24,
-        0.002,
-        6e-4,
-        9e-3,
-        30,
-    )
+    assert {name: getattr(a, name) for name in OPTION_NAMES} == dict(SETTING_A)
     assert a.adaptive
     b = check_config(recipes["aent_grpo_openr1"])
-    assert (b.clamp_p, b.coef_init, b.entropy_low, b.entropy_high, b.lr, b.coef_min, b.coef_max, b.warmup_steps) == (
-        0.25,
-        3e-4,
-        0.35,
-        0.62,
-        1e-4,
-        4e-5,
-        1e-3,
-        156,
-    )
+    assert {name: getattr(b, name) for name in OPTION_NAMES} == dict(SETTING_B)
     cfg_b = recipes["aent_grpo_openr1"]
     assert (cfg_b.data.train_batch_size, cfg_b.actor_rollout_ref.rollout.n, cfg_b.data.max_response_length) == (
         256,
@@ -150,6 +134,7 @@ REFUSALS = [
     (["aent.chunk_size=0"], "aent.chunk_size"),
     (["aent.coef_min=0.01", "aent.coef_max=0.001"], "aent.coef_min"),
     (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode=aent_colocate_async"),
+    (["+aent.base_loss_mode=gspo"], "aent.base_loss_mode"),  # applies only with policy_loss.loss_mode=aent
 ]
 
 
@@ -180,6 +165,49 @@ def test_refusal_happens_in_verls_validate_config_before_ray():
         )
     # a run without the aent mode is left to verl
     main_ppo.validate_config(config=_compose("grpo_math"), use_reference_policy=False, use_critic=False)
+
+
+LOSS_MODE_CASES = [
+    ([], "aent", "vanilla"),
+    (["+aent.base_loss_mode=gspo"], "aent", "gspo"),
+    (["trainer.v1.trainer_mode=colocate_async"], "aent_colocate_async", "vanilla"),
+    (["trainer.v1.trainer_mode=separate_async"], "aent_separate_async", "vanilla"),
+]
+
+
+@pytest.mark.parametrize("overrides,mode,base", LOSS_MODE_CASES, ids=[c[1] + "-" + c[2] for c in LOSS_MODE_CASES])
+def test_loss_mode_aent_switches_aent_on_like_the_trainer_mode(overrides, mode, base):
+    """verl's own flag for a custom loss, on verl's own config: policy_loss.loss_mode=aent becomes the AEnt trainer
+    mode (one code path) in verl's validate_config on the driver, with the base loss from aent.base_loss_mode."""
+    import verl  # noqa: F401  (loads the plugin through the entry point)
+    from verl.trainer import main_ppo
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(
+            config_name="grpo_math",
+            overrides=["actor_rollout_ref.actor.policy_loss.loss_mode=aent", "+aent.clamp_p=0.25", *overrides],
+        )
+    main_ppo.validate_config(config=cfg, use_reference_policy=False, use_critic=False)
+    assert cfg.trainer.v1.trainer_mode == mode
+    assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == base
+    assert cfg.aent_run["actor_rollout_ref.actor.policy_loss.loss_mode"] == "aent"  # what the user ran
+    from aent.verl.checks import check_config
+
+    assert check_config(cfg).clamp_p == 0.25
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    get_policy_loss_fn(cfg.actor_rollout_ref.actor.policy_loss.loss_mode)  # what the workers will look up
+
+
+def test_loss_mode_aent_with_a_mode_aent_does_not_extend_is_refused():
+    from aent.verl.checks import StartupError, apply_loss_mode
+
+    cfg = _compose("grpo_math", ["actor_rollout_ref.actor.policy_loss.loss_mode=aent", "trainer.v1.trainer_mode=x"])
+    with pytest.raises(StartupError, match="trainer.v1.trainer_mode=x"):
+        apply_loss_mode(cfg)
+    cfg = _compose("grpo_math", ["actor_rollout_ref.actor.policy_loss.loss_mode=aent", "+aent.base_loss_mode=aent"])
+    with pytest.raises(StartupError, match="aent.base_loss_mode"):
+        apply_loss_mode(cfg)
 
 
 def test_the_trainer_refuses_before_building_anything():

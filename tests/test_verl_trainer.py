@@ -11,8 +11,9 @@ import os
 import pickle
 
 import pytest
+from aent_test_support.deps import require
 
-pytest.importorskip("verl")
+require("verl", "verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
@@ -81,7 +82,6 @@ class StubActorWorkerGroup:
                 "actor/aent_entropy_sum": list(sums),
                 "actor/aent_num_tokens": list(tokens),
                 "actor/aent_nonfinite_tokens": [0.0] * len(sums),
-                "actor/aent_clamped_entropy": [s / t for s, t in zip(sums, tokens)],
                 "actor/aent_coef": [batch.extra_info["aent_coef"]] * len(sums),
             }
         }
@@ -294,6 +294,46 @@ def test_resume_without_controller_state_stops_unless_the_user_opts_in(tmp_path,
         opted_in._load_checkpoint()
     assert opted_in.global_steps == 1 and opted_in.coefficient.value == 0.002  # coef_init
     assert "aent.resume_without_controller=true" in caplog.text
+
+
+def test_a_corrupt_controller_file_stops_the_resume_naming_the_file_and_the_fix(tmp_path):
+    from aent.verl.checks import StartupError
+
+    trainer = _trainer(_config(tmp_path), [])
+    trainer._save_checkpoint()
+    path = tmp_path / "ckpt" / "global_step_1" / "aent_controller.json"
+    for broken in (path.read_text()[:20], "", "[1, 2]"):  # truncated, empty, not an object
+        path.write_text(broken)
+        with pytest.raises(StartupError) as info:
+            _trainer(_config(tmp_path), [])._load_checkpoint()
+        msg = str(info.value)
+        assert str(path) in msg and "truncated or corrupt" in msg
+        assert "trainer.resume_from_path" in msg and "aent.resume_without_controller=true" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides,asked_mode,asked_loss",
+    [([], "aent", "vanilla"), (["actor_rollout_ref.actor.policy_loss.loss_mode=aent"], "aent", "aent")],
+    ids=["trainer_mode", "loss_mode"],
+)
+def test_the_tracked_config_shows_what_the_user_ran(tmp_path, overrides, asked_mode, asked_loss):
+    """verl logs the trainer's config to the tracker when fit starts; the trainer has by then switched the mode to
+    verl's base mode, so the config carries the user's request (aent_run) and every AEnt option as it runs."""
+    from omegaconf import OmegaConf
+
+    from aent.verl.options import AEntOptions
+
+    trainer = _trainer(_config(tmp_path, "aent.warmup_steps=5", *overrides), [])
+    assert trainer.config.trainer.v1.trainer_mode == "sync"  # what verl's base class runs under
+    tracked = OmegaConf.to_container(trainer.config, resolve=True)  # what fit() hands to verl's Tracking
+    assert tracked["aent_run"] == {
+        "trainer.v1.trainer_mode": asked_mode,
+        "actor_rollout_ref.actor.policy_loss.loss_mode": asked_loss,
+        "aent_trainer_mode": "aent",
+    }
+    assert set(tracked["aent"]) == {f.name for f in __import__("dataclasses").fields(AEntOptions)}
+    assert tracked["aent"]["warmup_steps"] == 5 and tracked["aent"]["coef_init"] == 0.002
+    assert tracked["aent"]["base_loss_mode"] == tracked["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"]
 
 
 @pytest.mark.parametrize("mode", ["aent_colocate_async", "aent_separate_async"])

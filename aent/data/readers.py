@@ -57,7 +57,7 @@ def _read_file(path: str):
             return table.to_pandas()
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear message
+    except Exception as exc:  # every reader failure becomes one clear message
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
     raise DataError(f"cannot read {path}: unknown file type (expected .parquet, .jsonl, .json or .arrow)")
 
@@ -69,7 +69,7 @@ def _load_saved_dataset(path: str, split: Optional[str]):
         raise DataError(f"{path} is a `datasets` save_to_disk folder; reading it needs `pip install datasets`") from exc
     try:
         loaded = datasets.load_from_disk(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f"cannot read {path} with datasets.load_from_disk: {type(exc).__name__}: {exc}") from exc
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded.keys())

@@ -448,11 +448,11 @@ def grpo_loss(
     temperature: float = 1.0,
     measure_clamp_p: Optional[float] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
-    """``loss = L_PG - coef * token_mean(clamped_entropy(logits, clamp_p))`` on one mini-batch (SPEC section 2).
+    """``loss = L_PG - coef * token_mean(clamped_entropy(logits, clamp_p))`` on one mini-batch (docs/METHOD.md, "Loss").
 
     ``L_PG`` is the PPO-clip surrogate with GRPO advantages, token-mean over response tokens (verl's default
     ``loss_agg_mode``). The entropy comes from the same forward pass, on the same temperature-scaled logits.
-    ``coef = 0`` still measures the entropy (SPEC section 3: the measurement must not stop at a zero coefficient).
+    ``coef = 0`` still measures the entropy (docs/METHOD.md, "Adaptive coefficient": the measurement must not stop at a zero coefficient).
 
     Returns the loss and float statistics: ``pg_loss``, ``entropy_term`` (the subtracted term), ``clamped_entropy``
     (token-mean at ``clamp_p``; what the arm's controller consumes), ``entropy`` (full-vocabulary, token-mean),
@@ -501,7 +501,7 @@ def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.AdaptiveCoefficien
 
     * ``grpo``: coefficient 0 (the entropy is still measured, at AEnt's ``clamp_p`` so that arms compare);
     * ``entropy``: the plain bonus, full-vocabulary entropy (``clamp_p = 0``) with a constant coefficient;
-    * ``aent``: clamped entropy at ``cfg.clamp_p`` with the adaptive coefficient of SPEC section 3.
+    * ``aent``: clamped entropy at ``cfg.clamp_p`` with the adaptive coefficient (docs/METHOD.md).
     """
     if arm == "grpo":
         return aent.build_coefficient(0.0), cfg.clamp_p
@@ -560,9 +560,11 @@ def train_arm(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rows: List[Dict[str, float]] = []
     start = time.perf_counter()
-    bar = _progress(range(cfg.steps), f"{arm:>7s}", progress)
+    # global steps count from 1, as in verl (and aent.AdaptiveCoefficient's warmup_steps): steps 1..warmup_steps
+    # train with the initial coefficient
+    bar = _progress(range(1, cfg.steps + 1), f"{arm:>7s}", progress)
     for step in bar:
-        pairs = task.train_batch(step, cfg.prompts_per_step)
+        pairs = task.train_batch(step - 1, cfg.prompts_per_step)
         batch = rollout(model, tokenizer, task, pairs, cfg, compute_score)
         batch.old_log_probs = old_log_probs(model, batch, cfg)
 
@@ -605,7 +607,7 @@ def train_arm(
         coef.update(totals["controller"] / tokens, step)
 
         eval_acc = float("nan")
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if step % cfg.eval_every == 0 or step == cfg.steps:
             eval_acc = evaluate(model, tokenizer, task, cfg, compute_score)
         row = {
             "step": step,

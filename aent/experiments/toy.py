@@ -1,4 +1,4 @@
-"""The paper's controlled experiment (arXiv 2509.03493, Figure 1; SPEC section 4), on a CPU: ``aent toy-mdp``.
+"""The paper's controlled experiment (arXiv 2509.03493, Figure 1; docs/METHOD.md), on a CPU: ``aent toy-mdp``.
 
 The published figure plots the *average reward* against the step (0-4000) in panels K = 15, 10 and 1 optimal
 actions, plus a bar panel of the final gain over no regularisation at K = 15, 10, 5, 1. Every plateau is a multiple
@@ -15,7 +15,7 @@ of 1/25, and the curves are smooth. This module builds a problem family consiste
   ``Normal(0, 1)``-logit tail. **Nested placement**: one instance fixes 15 ordered optimal candidates per state;
   K optimal actions are the first K of them. So the K = 1 problem is the K = 15 problem with 14 optimal actions
   turned into ordinary ones, and K is not confounded with the instance.
-* **Learners**: no regularisation; the plain entropy bonus; the clamped bonus (SPEC section 1) for each ``p``;
+* **Learners**: no regularisation; the plain entropy bonus; the clamped bonus (docs/METHOD.md) for each ``p``;
   AEnt (clamped bonus with :func:`aent.build_coefficient`'s adaptive controller), which is *not in the figure*.
 * **Updates**: exact softmax policy gradient of ``E[r] + coef * H_p`` with plain gradient steps on the logits by
   default (smooth curves); ``--sampled G`` replaces the exact reward gradient by GRPO on ``G`` samples per state
@@ -23,7 +23,7 @@ of 1/25, and the curves are smooth. This module builds a problem family consiste
 
 For speed the 1e5 actions of a state are held as *groups* of equal logit (a few hundred tail bins of equal size,
 every other action its own group). Actions of one group have the same logit and reward, so under exact gradients
-they stay equal for ever, and SPEC section 1 keeps or removes tied actions together: the grouped computation is the
+they stay equal for ever, and the tie rule of docs/METHOD.md keeps or removes tied actions together: the grouped computation is the
 computation on all 1e5 actions, not an approximation (tested against :func:`aent.clamped_entropy` on the expanded
 logits). Only ``--sampled`` is approximate for the tail: a sampled tail action's update is shared by its bin.
 
@@ -66,7 +66,7 @@ __all__ = [
 SCHEMA_VERSION = 2
 NUM_CANDIDATES = 15  # optimal candidates per state; K optimal actions are the first K
 
-# Read off the published figure (SPEC section 4): K -> (no reg., entropy reg., clamped, gain entropy, gain clamped).
+# Read off the published figure (docs/METHOD.md): K -> (no reg., entropy reg., clamped, gain entropy, gain clamped).
 PAPER: Dict[int, Dict[str, Optional[float]]] = {
     15: {"no_reg": 0.24, "entropy": 0.36, "clamped": 0.80, "gain_entropy": 0.12, "gain_clamped": 0.56},
     10: {"no_reg": 0.20, "entropy": 0.32, "clamped": 0.60, "gain_entropy": 0.12, "gain_clamped": 0.40},
@@ -207,7 +207,7 @@ def exact_expected_reward(z: torch.Tensor, counts: torch.Tensor, rewards: torch.
 def grouped_clamped_entropy(z: torch.Tensor, counts: torch.Tensor, p: float) -> torch.Tensor:
     """:func:`aent.clamped_entropy` of the expanded logits, computed on the groups: ``(..., G) -> (...)``.
 
-    SPEC section 1: remove the ``k = floor(p * V)`` lowest logits (``V = counts.sum()``), keeping every action whose
+    docs/METHOD.md: remove the ``k = floor(p * V)`` lowest logits (``V = counts.sum()``), keeping every action whose
     logit is at least the (k+1)-th smallest (ties stay together, so a group is kept or removed whole); the entropy of
     the renormalised kept distribution. The kept set carries no gradient.
     """
@@ -484,7 +484,7 @@ def run_experiment(cfg: ToyConfig, *, progress: bool = True) -> Dict[str, Any]:
         )
     return {
         "schema_version": SCHEMA_VERSION,
-        "experiment": "aent toy-mdp: paper Figure 1 (arXiv 2509.03493), SPEC section 4",
+        "experiment": "aent toy-mdp: paper Figure 1 (arXiv 2509.03493), docs/METHOD.md",
         "config": dataclasses.asdict(cfg),
         "update": (f"sampled GRPO, group {cfg.sampled}" if cfg.sampled else "exact policy gradient")
         + (", Adam" if cfg.optimizer == "adam" else ", plain gradient steps"),

@@ -43,7 +43,10 @@ __all__ = ["REASONS", "compute_score", "compute_score_async", "compute_score_bat
 #: Values of ``result["reason"]``.
 REASONS = ("correct", "wrong", "no_answer", "parse_error", "timeout", "bad_ground_truth")
 
-DEFAULT_TIMEOUT_S = float(os.environ.get("AENT_REWARD_TIMEOUT", "5"))
+#: Seconds math-verify may spend on one response when neither ``timeout=`` nor ``AENT_REWARD_TIMEOUT`` says otherwise.
+DEFAULT_TIMEOUT_S = 5.0
+#: Keyword arguments verl's reward managers pass to every call (with a reward model); accepted and not used.
+VERL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
 #: Extracted answers longer than this are not sent to sympy (no real final answer is this long): parse_error.
 MAX_ANSWER_CHARS = 2000
 
@@ -100,9 +103,20 @@ def _judge(gold: str, prediction: str, timeout: float) -> str:
     return reason
 
 
+def _check_kwargs(kwargs: Dict[str, Any]) -> None:
+    unknown = sorted(set(kwargs) - set(VERL_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"compute_score got unknown keyword argument(s) {unknown} (reward.custom_reward_function.reward_kwargs?); "
+            f"it takes timeout and format_penalty, and accepts verl's {list(VERL_KWARGS)}"
+        )
+
+
 def _check_timeout(timeout: Optional[float]) -> float:
     if timeout is None:
-        timeout = DEFAULT_TIMEOUT_S
+        from aent.reward.pool import env_seconds
+
+        return env_seconds("AENT_REWARD_TIMEOUT", DEFAULT_TIMEOUT_S)
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(
             f"timeout must be > 0 seconds, got {timeout!r} (reward.custom_reward_function.reward_kwargs.timeout or "
@@ -134,7 +148,8 @@ def compute_score(
             ``AENT_REWARD_TIMEOUT``). The call returns within it plus a small constant once workers are up.
         format_penalty: subtracted from the score when the response has no ``\\boxed{}`` answer (the format the
             prompt asks for), whether or not a fallback found one. Default 0: the paper's binary reward.
-        **kwargs: ignored (verl passes e.g. ``reward_router_address``).
+        **kwargs: verl's :data:`VERL_KWARGS` (accepted, unused); any other key is a ``TypeError`` listing the known
+            ones, so that a misspelt ``reward_kwargs`` entry does not pass unnoticed.
 
     Returns:
         ``{"score", "acc", "pred", "reason", "format_ok", "bad_ground_truth"}`` with the same keys on every call (verl
@@ -142,6 +157,7 @@ def compute_score(
         the format penalty. ``reason`` is one of :data:`REASONS`; ``bad_ground_truth`` is ``reason ==
         "bad_ground_truth"`` as a float (0.0 or 1.0), so that its mean is the share of rows with a broken gold.
     """
+    _check_kwargs(kwargs)
     timeout = _check_timeout(timeout)
     deadline = time.monotonic() + timeout
     if not isinstance(solution_str, str):
@@ -245,6 +261,7 @@ def compute_score_batch(
             f"{len(data_sources)} data_sources, {n} solution_strs, {len(ground_truths)} ground_truths"
             + ("" if extra_infos is None else f", {len(extra_infos)} extra_infos")
         )
+    _check_kwargs({k: v for k, v in kwargs.items() if k not in ("timeout", "format_penalty")})
     _check_timeout(kwargs.get("timeout"))
     infos = extra_infos if extra_infos is not None else [None] * n
     rows = zip(data_sources, solution_strs, ground_truths, infos)

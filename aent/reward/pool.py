@@ -323,6 +323,21 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def env_seconds(name: str, default: float) -> float:
+    """The environment variable ``name`` as a number of seconds > 0 (``default`` when unset or empty), read when it
+    is used; anything else is an error that names the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return float(default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds < float("inf")):
+        raise ValueError(f"the environment variable {name} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
 def default_num_workers() -> int:
     """``AENT_REWARD_WORKERS``, or one worker per usable CPU (at most ``MAX_DEFAULT_WORKERS``)."""
     value = os.environ.get("AENT_REWARD_WORKERS")
@@ -342,7 +357,7 @@ def get_pool() -> VerifyPool:
         return pool
     with _pool_lock:
         if _pool is None or _pool.owner_pid != os.getpid() or _pool._closed:
-            startup = float(os.environ.get("AENT_REWARD_STARTUP_TIMEOUT", "120"))
+            startup = env_seconds("AENT_REWARD_STARTUP_TIMEOUT", 120.0)
             _pool = VerifyPool(default_num_workers(), startup_timeout=startup)
         return _pool
 

@@ -18,14 +18,21 @@ __all__ = [
     "AENT_MODES",
     "ENTRY_POINTS",
     "TRAINER_MODE",
+    "LOSS_MODE",
+    "REQUEST_KEY",
     "StartupError",
+    "apply_loss_mode",
     "check_config",
     "check_start",
+    "record_request",
     "selects_aent",
     "wants_aent",
 ]
 
 TRAINER_MODE = "aent"
+LOSS_MODE = "aent"  # actor_rollout_ref.actor.policy_loss.loss_mode=aent: the same run as trainer.v1.trainer_mode=aent
+_LOSS_MODE_KEY = "actor_rollout_ref.actor.policy_loss.loss_mode"
+REQUEST_KEY = "aent_run"  # top-level record of what the user asked for (the tracker logs the config)
 # AEnt trainer mode -> the verl V1 trainer mode it extends (both spelled as trainer.v1.trainer_mode values)
 AENT_MODES = {"aent": "sync", "aent_colocate_async": "colocate_async", "aent_separate_async": "separate_async"}
 _AENT_MODE_OF = {verl_mode: mode for mode, verl_mode in AENT_MODES.items()}
@@ -60,8 +67,55 @@ def selects_aent(config: Any) -> bool:
 
 
 def wants_aent(config: Any) -> bool:
-    """True when the config selects an AEnt mode or carries a top-level ``aent:`` block."""
-    return selects_aent(config) or (hasattr(config, "get") and config.get("aent", None) is not None)
+    """True when the config selects an AEnt mode, sets ``policy_loss.loss_mode=aent`` or carries a top-level
+    ``aent:`` block."""
+    return (
+        selects_aent(config)
+        or _select(config, _LOSS_MODE_KEY) == LOSS_MODE
+        or (hasattr(config, "get") and config.get("aent", None) is not None)
+    )
+
+
+def record_request(config: Any) -> None:
+    """Keep what the user ran (AEnt's mode keys, before the trainer and :func:`apply_loss_mode` rewrite them) under
+    the top-level key ``aent_run``, so the tracked config of the run shows it. Written once; later calls keep it."""
+    from omegaconf import open_dict
+
+    if not hasattr(config, "get") or config.get(REQUEST_KEY, None) is not None:
+        return
+    with open_dict(config):
+        config[REQUEST_KEY] = {
+            "trainer.v1.trainer_mode": _select(config, "trainer.v1.trainer_mode"),
+            _LOSS_MODE_KEY: _select(config, _LOSS_MODE_KEY, "vanilla"),
+        }
+
+
+def apply_loss_mode(config: Any) -> None:
+    """``actor_rollout_ref.actor.policy_loss.loss_mode=aent`` (verl's flag for a custom policy loss) switches AEnt on
+    exactly as ``trainer.v1.trainer_mode=aent`` does: the mode becomes the AEnt mode of the chosen verl trainer
+    (``sync`` -> ``aent``, ``colocate_async`` -> ``aent_colocate_async``, ``separate_async`` ->
+    ``aent_separate_async``) and the policy loss AEnt adds its term to becomes ``aent.base_loss_mode``. The run then
+    goes through the one AEnt trainer path. Runs on the driver before anything is built (idempotent)."""
+    if _select(config, _LOSS_MODE_KEY) != LOSS_MODE:
+        return
+    from omegaconf import open_dict
+
+    mode = _select(config, "trainer.v1.trainer_mode", "sync")
+    target = mode if mode in AENT_MODES else _AENT_MODE_OF.get(mode)
+    if target is None:
+        raise StartupError(
+            f"{_LOSS_MODE_KEY}=aent asks for AEnt, but trainer.v1.trainer_mode={mode} is not a verl V1 trainer AEnt "
+            f"extends: use trainer.v1.trainer_mode=sync, colocate_async or separate_async (or an AEnt mode: "
+            f"{_MODES_TEXT})"
+        )
+    try:
+        base = options_from_config(config).base_loss_mode
+    except (ValueError, TypeError) as err:
+        raise StartupError(str(err)) from None
+    record_request(config)
+    with open_dict(config):
+        config.trainer.v1.trainer_mode = target
+        config.actor_rollout_ref.actor.policy_loss.loss_mode = base
 
 
 def check_start(config: Any, task_runner: str = "TaskRunnerV1") -> Optional[AEntOptions]:
@@ -74,8 +128,13 @@ def check_start(config: Any, task_runner: str = "TaskRunnerV1") -> Optional[AEnt
     """
     if not wants_aent(config):
         return None
+    by_loss_mode = _select(config, _LOSS_MODE_KEY) == LOSS_MODE
+    apply_loss_mode(config)
     mode = _select(config, "trainer.v1.trainer_mode")
-    asked = f"trainer.v1.trainer_mode={mode}" if selects_aent(config) else "an aent: block"
+    if by_loss_mode:
+        asked = f"{_LOSS_MODE_KEY}=aent"
+    else:
+        asked = f"trainer.v1.trainer_mode={mode}" if selects_aent(config) else "an aent: block"
     if task_runner in ("OneStepTaskRunner", "FullyAsyncTaskRunner"):
         raise StartupError(
             f"verl's entry point '{ENTRY_POINTS[task_runner]}' does not run AEnt (it never reads "
@@ -141,6 +200,15 @@ def check_config(config: Any) -> AEntOptions:
         if _select(config, key, False) is True:
             problems.append(f"{key}=true: verl's logits hook does not support static padding: set {key}=false")
             break
+    loss_mode = _select(config, _LOSS_MODE_KEY, "vanilla")
+    block = config.get("aent", None) if hasattr(config, "get") else None
+    if loss_mode == LOSS_MODE:
+        problems.append(f"{_LOSS_MODE_KEY}=aent was not resolved: call aent.verl.checks.apply_loss_mode(config) first")
+    elif block is not None and "base_loss_mode" in block and block["base_loss_mode"] != loss_mode:
+        problems.append(
+            f"aent.base_loss_mode={block['base_loss_mode']} applies only with {_LOSS_MODE_KEY}=aent, but the run's "
+            f"policy loss is {_LOSS_MODE_KEY}={loss_mode}: set {_LOSS_MODE_KEY}=aent, or drop aent.base_loss_mode"
+        )
     entropy_coeff = _select(config, "actor_rollout_ref.actor.entropy_coeff", 0)
     try:
         entropy_coeff = float(entropy_coeff)

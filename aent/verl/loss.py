@@ -1,4 +1,4 @@
-"""The AEnt actor loss for verl 0.9 engine workers (SPEC section 2).
+"""The AEnt actor loss for verl 0.9 engine workers (docs/METHOD.md, "Loss").
 
 One callable serves the two calls verl's FSDP engine makes per micro-batch when the micro-batch carries the flag
 ``distillation_use_topk=True`` (the engine's logits-processor seam, see ``FSDPEngineWithLMHead.prepare_model_outputs``):
@@ -147,7 +147,7 @@ class AEntPolicyLoss:
     Args:
         actor_config: the run's ``verl.workers.config.ActorConfig`` (e.g. ``omega_conf_to_dataclass(
             config.actor_rollout_ref.actor)``). Its ``entropy_coeff`` must be 0: the entropy term is AEnt's.
-        clamp_p: removed vocabulary fraction in ``[0, 1)`` (SPEC section 1); 0 = full-vocabulary entropy bonus.
+        clamp_p: removed vocabulary fraction in ``[0, 1)`` (docs/METHOD.md); 0 = full-vocabulary entropy bonus.
         chunk_size: rows per chunk of :func:`aent.clamped_entropy` (``None``: automatic).
         impl: implementation of :func:`aent.clamped_entropy` (``None``: ``"auto"``).
     """
@@ -160,6 +160,13 @@ class AEntPolicyLoss:
                 f"actor_rollout_ref.actor.entropy_coeff={actor_config.entropy_coeff} would add verl's own "
                 "full-vocabulary entropy bonus on top of AEnt's: set actor_rollout_ref.actor.entropy_coeff=0 "
                 "(AEnt's coefficient is aent.coef_init; a plain entropy bonus is aent.clamp_p=0)"
+            )
+        policy_loss = getattr(actor_config, "policy_loss", None)
+        if getattr(policy_loss, "loss_mode", None) == "aent":
+            raise ValueError(
+                "actor_rollout_ref.actor.policy_loss.loss_mode=aent names AEnt itself, not the policy loss AEnt adds "
+                "its term to: the AEnt trainer resolves it on the driver (aent.verl.checks.apply_loss_mode); here, "
+                "give the actor config a verl policy loss (e.g. loss_mode=vanilla)"
             )
         clamp_p = check_clamp_p("aent.clamp_p", clamp_p)
         chunk_size = check_chunk_size("aent.chunk_size", chunk_size)
@@ -259,12 +266,6 @@ class AEntPolicyLoss:
         # difference between the two on a response token is float rounding, unless they compute different things
         if LOGPROB_GAP_KEY in model_output:
             metrics[METRIC_LOGPROB_GAP] = Metric(AggregationType.MAX, gap_max)
-        batch_num_tokens = batch_info.get("batch_num_tokens")
-        if batch_num_tokens:
-            # token-mean over the mini-batch on every rank (what the trainer later recomputes over the whole step)
-            metrics[METRIC_CLAMPED_ENTROPY] = Metric(AggregationType.SUM, ent_sum / float(batch_num_tokens) * dp_size)
-        else:
-            metrics[METRIC_CLAMPED_ENTROPY] = Metric(AggregationType.MEAN, ent_sum / max(num_tokens, 1.0))
         metrics[METRIC_COEF] = Metric(AggregationType.MEAN, coef)
         # the aggregate that entered the loss (summed like verl's pg_loss: loss = pg_loss - coef x this), and the
         # coefficient's range over micro-batches and ranks (one value when every rank trained with the same one)
@@ -279,8 +280,8 @@ def make_aent_loss(actor_config: Any, clamp_p: float, *, chunk_size: Optional[in
 
     ``actor_config`` is the run's actor config; one with ``entropy_coeff != 0`` is refused (two entropy bonuses).
     Each actor-update batch must carry :func:`aent_step_flags` ``(coef)``. The metrics it returns (under
-    ``actor/``): ``aent_clamped_entropy`` (token-mean over the mini-batch, nats), ``aent_coef``,
-    ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a step is the token-weighted
-    clamped entropy the controller consumes) and ``aent_nonfinite_tokens``.
+    ``actor/``): ``aent_coef``, ``aent_entropy_sum`` and ``aent_num_tokens`` (their ratio over all mini-batches of a
+    step is the token-weighted clamped entropy the controller consumes; the AEnt trainer logs it as
+    ``actor/aent_clamped_entropy``) and ``aent_nonfinite_tokens``.
     """
     return AEntPolicyLoss(actor_config, clamp_p, chunk_size=chunk_size, impl=impl)

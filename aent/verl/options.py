@@ -1,7 +1,7 @@
 """The ``aent:`` options block of a verl run (a top-level Hydra block; verl's own dataclasses reject unknown keys
 under ``actor_rollout_ref.actor``).
 
-Defaults are the paper's setting (a) (Qwen2.5-Math-1.5B on MATH; SPEC section 3). Constant versus adaptive is chosen
+Defaults are the paper's setting (a) (Qwen2.5-Math-1.5B on MATH; :mod:`aent.settings`, docs/METHOD.md). Constant versus adaptive is chosen
 by the values: ``lr = 0`` keeps the coefficient at ``coef_init`` for the whole run (``coef_min``/``coef_max``/band are
 then unused); ``lr > 0`` runs the controller of Algorithm 1.
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 from aent.coefficient import AdaptiveCoefficient, build_coefficient
+from aent.settings import SETTING_A as _A
+from aent.settings import SETTING_B as _B
 from aent.validate import (
     check_band,
     check_bounds,
@@ -26,74 +28,86 @@ from aent.validate import (
 __all__ = ["AEntOptions", "options_from_config", "options_help"]
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" is the conventional metadata name
+def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class AEntOptions:
-    """AEnt settings (arXiv 2509.03493). Set them as ``+aent.<name>=<value>`` or in a recipe's ``aent:`` block."""
+    """AEnt settings (arXiv 2509.03493). Set them as ``+aent.<name>=<value>`` or in a recipe's ``aent:`` block.
+
+    The defaults are the paper's setting (a) (:data:`aent.settings.SETTING_A`); :func:`options_help` prints each
+    option with its default.
+    """
 
     clamp_p: float = _opt(
-        0.33,
+        _A["clamp_p"],
         "Removed fraction of the vocabulary, in [0, 1): the floor(clamp_p * V) lowest-logit tokens of each position "
-        "are dropped before the entropy is taken (paper section 3, 'clamped entropy'; setting a 0.33, b 0.25). "
-        "0 gives the plain full-vocabulary entropy bonus. Unitless. Default 0.33.",
+        f"are dropped before the entropy is taken (paper section 3, 'clamped entropy'; setting b uses {_B['clamp_p']}). "
+        "0 gives the plain full-vocabulary entropy bonus. Unitless.",
     )
     coef_init: float = _opt(
-        0.002,
-        "Starting entropy coefficient lambda_0 (paper Algorithm 1; a 0.002, b 3e-4). With lr = 0 it is the constant "
-        "coefficient of the whole run. Unitless (loss per nat). Default 0.002.",
+        _A["coef_init"],
+        f"Starting entropy coefficient lambda_0 (paper Algorithm 1; setting b uses {_B['coef_init']}). With lr = 0 it is the "
+        "constant coefficient of the whole run. Unitless (loss per nat).",
     )
     entropy_low: float = _opt(
-        0.15,
-        "Lower edge of the target band of the clamped entropy, in nats per response token (Algorithm 1; a 0.15, "
-        "b 0.35). Below it the coefficient rises. Default 0.15.",
+        _A["entropy_low"],
+        "Lower edge of the target band of the clamped entropy, in nats per response token (Algorithm 1; setting b "
+        "uses 0.35). Below it the coefficient rises.",
     )
     entropy_high: float = _opt(
-        0.24,
-        "Upper edge of the target band, in nats per response token (Algorithm 1; a 0.24, b 0.62). Above it the "
-        "coefficient falls. Default 0.24.",
+        _A["entropy_high"],
+        f"Upper edge of the target band, in nats per response token (Algorithm 1; setting b uses {_B['entropy_high']}). Above it the "
+        "coefficient falls.",
     )
     lr: float = _opt(
-        0.002,
-        "Step size of the coefficient controller per global step, per nat outside the band (Algorithm 1; a 0.002, "
-        "b 1e-4). 0 keeps the coefficient constant at coef_init. Default 0.002.",
+        _A["lr"],
+        "Step size of the coefficient controller per global step, per nat outside the band (Algorithm 1; setting b "
+        "uses 1e-4). 0 keeps the coefficient constant at coef_init.",
     )
     coef_min: float = _opt(
-        6e-4, "Lower clip of the adaptive coefficient (Algorithm 1; a 6e-4, b 4e-5). Unused when lr = 0. Default 6e-4."
+        _A["coef_min"],
+        f"Lower clip of the adaptive coefficient (Algorithm 1; setting b uses {_B['coef_min']}). Unused when lr = 0.",
     )
     coef_max: float = _opt(
-        9e-3, "Upper clip of the adaptive coefficient (Algorithm 1; a 9e-3, b 1e-3). Unused when lr = 0. Default 9e-3."
+        _A["coef_max"],
+        f"Upper clip of the adaptive coefficient (Algorithm 1; setting b uses {_B['coef_max']}). Unused when lr = 0.",
     )
     warmup_steps: int = _opt(
-        30,
+        _A["warmup_steps"],
         "Global steps trained with coef_init before the controller moves the coefficient (verl counts global "
         "steps from 1): the first update that moves it follows step max(warmup_steps, 1), so step warmup_steps + 1 "
-        "is the first to use a moved value. The entropy is measured from step 1 (paper section 5 setup; a 30, "
-        "b 156). Default 30.",
+        "is the first to use a moved value. The entropy is measured from step 1 (paper section 5 setup; setting b "
+        "uses 156).",
     )
     reg: float = _opt(
         0.0,
-        "Pull of the coefficient toward coef_init per step, as a multiple of lr (SPEC section 3; the paper uses 0). "
-        "Unitless. Default 0.",
+        "Pull of the coefficient toward coef_init per step, as a multiple of lr (docs/METHOD.md, 'Adaptive "
+        "coefficient'; the paper uses none). Unitless.",
     )
     chunk_size: Optional[int] = _opt(
         None,
         "Rows (tokens) per chunk of the clamped-entropy computation; bounds its extra memory to about "
-        "5 x chunk_size x V x 4 bytes. null picks a size per device. Not a paper setting. Default null.",
+        "5 x chunk_size x V x 4 bytes. null picks a size per device. Not a paper setting.",
     )
     impl: Optional[str] = _opt(
         None,
         "Clamped-entropy implementation: null/auto (fused Triton kernels on CUDA when available, else chunked "
-        "torch), torch, triton or reference (float64, for checks only). Default null.",
+        "torch), torch, triton or reference (float64, for checks only).",
+    )
+    base_loss_mode: str = _opt(
+        "vanilla",
+        "The verl policy loss AEnt adds its term to when the run selects AEnt with "
+        "actor_rollout_ref.actor.policy_loss.loss_mode=aent (any registered verl loss_mode). With "
+        "trainer.v1.trainer_mode=aent the run's own policy_loss.loss_mode is that loss instead.",
     )
 
     resume_without_controller: bool = _opt(
         False,
         "Allow resuming from a checkpoint that has no aent_controller.json (one written by a run without AEnt): "
         "the run then warns and restarts the coefficient at coef_init, with the step count of the checkpoint, so a "
-        "past warm-up no longer protects it. false stops such a resume with an error. Default false.",
+        "past warm-up no longer protects it. false stops such a resume with an error.",
     )
 
     def __post_init__(self) -> None:
@@ -116,6 +130,11 @@ class AEntOptions:
 
         if self.impl is not None and self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"aent.impl must be one of {IMPLEMENTATIONS} or null, got {self.impl!r}")
+        if not isinstance(self.base_loss_mode, str) or not self.base_loss_mode or self.base_loss_mode == "aent":
+            raise ValueError(
+                f"aent.base_loss_mode must name a verl policy loss other than aent (e.g. vanilla, gspo), got "
+                f"{self.base_loss_mode!r}"
+            )
         if not isinstance(self.resume_without_controller, bool):
             raise ValueError(
                 f"aent.resume_without_controller must be true or false, got {self.resume_without_controller!r}"

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional
 from omegaconf import open_dict
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
-from aent.verl.checks import StartupError, check_config
+from aent.verl.checks import REQUEST_KEY, StartupError, apply_loss_mode, check_config, record_request
 from aent.verl.loss import (
     METRIC_CLAMPED_ENTROPY,
     METRIC_COEF,
@@ -85,7 +85,8 @@ class _StepExtraInfo(dict):
 
 
 class AEntTrainerMixin:
-    """AEnt's driver logic for any of verl's V1 trainers (SPEC sections 2-3); put it first in the bases.
+    """AEnt's driver logic for any of verl's V1 trainers (docs/METHOD.md, "Loss" and "Adaptive coefficient"); put it
+    first in the bases.
 
     ``verl_mode`` is the V1 trainer mode of the base class: verl's base classes branch on ``trainer_mode`` ("sync"
     or not, and ``trainer.v1.<mode>`` settings), so the run continues under that name once the checks passed.
@@ -94,10 +95,18 @@ class AEntTrainerMixin:
     verl_mode = "sync"
 
     def __init__(self, config):
+        record_request(config)  # what the user ran, for the tracked config (before any rewrite)
+        apply_loss_mode(config)
         self.aent_options = check_config(config)  # refuse before anything is built
         self.coefficient = self.aent_options.build_coefficient()
         self._aent_sums = [0.0, 0.0, 0.0]  # entropy sum, response tokens, non-finite tokens of this global step
         with open_dict(config):
+            # verl logs this config to the tracker: every AEnt option as it runs, next to aent_run (the user's mode)
+            config.aent = dict(
+                self.aent_options.to_dict(),
+                base_loss_mode=str(config.actor_rollout_ref.actor.policy_loss.get("loss_mode", "vanilla")),
+            )
+            config[REQUEST_KEY]["aent_trainer_mode"] = config.trainer.v1.trainer_mode
             config.trainer.v1.trainer_mode = self.verl_mode
         super().__init__(config)
         logger.warning(
@@ -228,11 +237,21 @@ class AEntTrainerMixin:
                 "AEnt: resuming from a checkpoint without %s (aent.resume_without_controller=true): %s", path, restart
             )
             return
-        with open(path) as f:
-            state = json.load(f)
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            if not isinstance(state, dict):
+                raise ValueError(f"expected a JSON object, got {type(state).__name__}")
+        except (ValueError, UnicodeDecodeError) as err:  # json.JSONDecodeError is a ValueError
+            raise StartupError(
+                f"the AEnt controller state {path} is truncated or corrupt ({type(err).__name__}: {err}). Resume from "
+                "an earlier checkpoint (trainer.resume_mode=resume_path trainer.resume_from_path=<its global_step_N>), "
+                "restore the file from a copy, or delete it and resume with ++aent.resume_without_controller=true "
+                "(the coefficient then restarts at aent.coef_init)"
+            ) from None
         try:
             self.coefficient.load_state_dict(state["coefficient"])
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise StartupError(
                 f"cannot restore the AEnt controller from {path}: {err}. The checkpoint was written with options "
                 f"{state.get('options')}; resume with the same kind of coefficient (aent.lr > 0 adaptive, = 0 "

@@ -91,7 +91,7 @@ def check_loss_identity(metrics: Metrics, rel: float = 1e-4, abs_tol: float = 1e
 
 
 def expected_next_coef(coef: float, entropy: float, options: Mapping[str, float]) -> float:
-    """AEnt's controller rule (SPEC section 3), written out here independently of aent.coefficient."""
+    """AEnt's controller rule (docs/METHOD.md, "Adaptive coefficient"), written out here independently of aent.coefficient."""
     low, high, lr = options["entropy_low"], options["entropy_high"], options["lr"]
     signal = min(0.0, entropy - low) + max(0.0, entropy - high)
     return min(max(coef - lr * signal, options["coef_min"]), options["coef_max"])
