@@ -10,8 +10,9 @@ TORCH ?= torch==2.13.0
 VENV_E2E ?= .venv-e2e
 PY_E2E := $(VENV_E2E)/bin/python
 E2E_ARGS ?=
+MATRIX_ARGS ?=
 
-.PHONY: setup test demo toy lint clean e2e e2e-setup
+.PHONY: setup test demo toy lint clean e2e e2e-setup e2e-matrix e2e-matrix-ci
 
 setup: $(VENV)/.installed
 
@@ -45,6 +46,14 @@ $(VENV_E2E)/.installed: tests/e2e/requirements.txt pyproject.toml tests/support/
 
 e2e: e2e-setup
 	timeout 3000 $(PY_E2E) tests/e2e/run.py $(E2E_ARGS)
+
+# AEnt in the settings real verl runs use: one short main_ppo per cell of tests/e2e/matrix.py (docs/VERL.md,
+# "The settings matrix"); e2e-matrix-ci runs the cells CI has time for.
+e2e-matrix: e2e-setup
+	timeout 7200 $(PY_E2E) tests/e2e/matrix.py $(MATRIX_ARGS)
+
+e2e-matrix-ci: e2e-setup
+	timeout 3000 $(PY_E2E) tests/e2e/matrix.py --ci $(MATRIX_ARGS)
 
 lint: setup  # what CI runs
 	$(VENV)/bin/ruff check .

@@ -239,7 +239,9 @@ def _nucleus_threshold(z: torch.Tensor, top_p: float, row_max: Optional[torch.Te
     weights = torch.exp(z - shift)
     scale = _NUCLEUS_BUCKETS / _NUCLEUS_RANGE
     bucket = torch.sub(shift * scale, z, alpha=scale).clamp_(0, _NUCLEUS_BUCKETS - 1)
-    bucket = bucket.to(torch.int64)  # -inf logits land in the last bucket with weight 0
+    # -inf logits land in the last bucket with weight 0; NaN (rows without a finite maximum, never searched) too,
+    # since a NaN index is no bucket at all
+    bucket = bucket.nan_to_num_(nan=_NUCLEUS_BUCKETS - 1).to(torch.int64)
     hist = torch.zeros(rows, _NUCLEUS_BUCKETS, dtype=weights.dtype, device=z.device).scatter_add_(1, bucket, weights)
     cum = hist.to(torch.float64).cumsum_(dim=-1)
     target = cum[:, -1] * top_p

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -124,3 +125,115 @@ def test_a_coefficient_that_does_not_move_is_rejected():
     log = consistent_log(entropies=(0.2, 0.2, 0.2))  # inside the band: the check would mean nothing
     with pytest.raises(checks.E2EFailure, match="did not move"):
         checks.check_controller(log, OPTIONS, 0.05)
+
+
+def matrix_log():
+    """A consistent log of a matrix cell: the step's sums, the loss term, the ranks' coefficients, the PPO ratio."""
+    log = consistent_log(entropies=(5.0, 4.9))
+    for row in log.values():
+        tokens = 40.0
+        row.update(
+            {
+                checks.ENTROPY_SUM: row[checks.CLAMPED_ENTROPY] * tokens,
+                checks.NUM_TOKENS: tokens,
+                checks.LOSS_ENTROPY: row[checks.CLAMPED_ENTROPY],
+                checks.COEF_MIN: row[checks.COEF],
+                checks.COEF_MAX: row[checks.COEF],
+                checks.LOGPROB_GAP: 2e-7,
+                checks.PPO_KL: 0.0,
+                checks.PG_CLIPFRAC: 0.0,
+            }
+        )
+    return log
+
+
+def test_a_consistent_matrix_log_passes():
+    log = matrix_log()
+    checks.check_loss_identity_terms(log)
+    checks.check_controller_input(log)
+    checks.check_on_policy(log, 1e-6)
+    checks.check_on_policy(log, 1e-6, baseline={s: {checks.PPO_KL: 0.0, checks.PG_CLIPFRAC: 0.0} for s in log})
+    checks.check_logprob_gap(log, 1e-4)
+    checks.check_same_coef_on_ranks(log)
+
+
+@pytest.mark.parametrize(
+    "breakage, check",
+    [
+        ("loss_term_missing", "check_loss_identity_terms"),
+        ("controller_input_not_token_weighted", "check_controller_input"),
+        ("ratio_not_one", "check_on_policy"),
+        ("clipped_on_policy", "check_on_policy"),
+        ("larger_than_baseline", "check_on_policy_baseline"),
+        ("op_and_verl_disagree", "check_logprob_gap"),
+        ("ranks_with_different_coefficients", "check_same_coef_on_ranks"),
+    ],
+)
+def test_each_broken_matrix_log_is_rejected(breakage, check):
+    log = matrix_log()
+    row = log[2]
+    baseline = None
+    if breakage == "loss_term_missing":
+        row[checks.LOSS] = row[checks.PG_LOSS]
+    elif breakage == "controller_input_not_token_weighted":
+        row[checks.NUM_TOKENS] *= 1.1
+    elif breakage == "ratio_not_one":
+        row[checks.PPO_KL] = 5.0e-4  # the bf16 log-probs of verl against float32 ones of AEnt's op
+    elif breakage == "clipped_on_policy":
+        row[checks.PG_CLIPFRAC] = 0.01
+    elif breakage == "larger_than_baseline":
+        row[checks.PPO_KL] = 1e-7  # within the tolerance, but plain GRPO had exactly 0
+        baseline = {s: {checks.PPO_KL: 0.0, checks.PG_CLIPFRAC: 0.0} for s in log}
+    elif breakage == "op_and_verl_disagree":
+        row[checks.LOGPROB_GAP] = 0.3  # a misaligned label
+    elif breakage == "ranks_with_different_coefficients":
+        row[checks.COEF_MAX] = row[checks.COEF] * 1.5
+    args = {
+        "check_loss_identity_terms": (log,),
+        "check_controller_input": (log,),
+        "check_on_policy": (log, 1e-6),
+        "check_on_policy_baseline": (log, 1e-6, baseline),
+        "check_logprob_gap": (log, 1e-4),
+        "check_same_coef_on_ranks": (log,),
+    }[check]
+    with pytest.raises(checks.E2EFailure):
+        getattr(checks, check.replace("_baseline", ""))(*args)
+
+
+def test_a_clipped_coefficient_may_stay_once_it_moved():
+    log = consistent_log(entropies=(100.0, 100.0))  # step 1 moves to coef_min, step 2 stays there
+    with pytest.raises(checks.E2EFailure, match="did not move"):
+        checks.check_controller(log, OPTIONS, 0.05)
+    checks.check_controller(log, OPTIONS, 0.05, every_step_moves=False)
+    still = consistent_log(first_coef=OPTIONS["coef_min"], entropies=(100.0, 100.0))
+    with pytest.raises(checks.E2EFailure, match="never moved"):
+        checks.check_controller(still, OPTIONS, OPTIONS["coef_min"], every_step_moves=False)
+
+
+def test_matrix_cells_are_distinct_and_complete():
+    spec = importlib.util.spec_from_file_location(
+        "e2e_matrix_cells", os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e", "matrix.py")
+    )
+    e2e_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e")
+    sys.path.insert(0, e2e_dir)
+    before = set(sys.modules)
+    try:
+        matrix = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = matrix  # dataclasses look their module up there
+        spec.loader.exec_module(matrix)
+    finally:
+        sys.path.remove(e2e_dir)
+        for name in set(sys.modules) - before:  # matrix.py's own imports of run.py and checks.py
+            if name in ("run", "checks", spec.name):
+                sys.modules.pop(name)
+    names = [cell.name for cell in matrix.CELLS]
+    assert len(names) == len(set(names))
+    assert {"fsdp1", "fsdp2", "dp2", "sp2", "bf16", "epochs2", "compile", "stock"} <= set(names)
+    for cell in matrix.CELLS:
+        extra = matrix.cell_extra(cell)
+        keys = [matrix.run.override_key(item) for item in extra]
+        assert len(keys) == len(set(keys)), cell.name  # Hydra refuses a key given twice
+        if cell.ranks > 1:
+            assert "trainer.n_gpus_per_node=2" in extra
+    merged = matrix.run.merge_overrides(["a.b=1", "+c=2", "d=3"], ["+a.b=4"], drop=["d"])
+    assert merged == ["+c=2", "+a.b=4"]

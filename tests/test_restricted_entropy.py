@@ -99,6 +99,27 @@ def test_every_implementation_with_row_mask(kept, dtype):
         _check(x, kept, impl, row_mask=mask)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf - inf
+@pytest.mark.parametrize("kept", KEPT, ids=KEPT_IDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "plus_inf"])
+def test_nonfinite_rows_raise_or_come_back_nan(kept, bad):
+    """A NaN or +inf logit: the clear error by default; with check_finite=False that row is NaN with zero gradient
+    and the other rows are untouched, in every implementation of every rule."""
+    x = _logits((5, 41), torch.float32, seed=7)
+    x[4, 3] = bad
+    for impl in impls_for(kept) + ["reference"]:
+        with pytest.raises(ValueError, match=r"NaN or \+inf in 1 of 5 rows"):
+            aent.restricted_entropy(x, kept, impl=impl)
+        leaf = x.detach().clone().requires_grad_(True)
+        ent = aent.restricted_entropy(leaf, kept, impl=impl, check_finite=False)
+        assert torch.isnan(ent[4]) and torch.isfinite(ent[:4]).all(), impl
+        ent.nansum().backward()
+        assert not leaf.grad[4].any() and torch.isfinite(leaf.grad).all(), impl
+        torch.testing.assert_close(
+            ent[:4], aent.restricted_entropy(x[:4], kept, impl="reference"), atol=2e-5, rtol=1e-5
+        )
+
+
 @pytest.mark.parametrize("kept", KEPT, ids=KEPT_IDS)
 def test_ties_at_the_boundary_are_kept_together(kept):
     # integer-valued logits: every boundary is a tie class, kept or removed as a whole

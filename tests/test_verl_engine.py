@@ -113,7 +113,7 @@ def run_checks(out_path: str) -> None:
     )
     engine.initialize()
     results["engine_class"] = type(engine).__name__
-    ce_calls = {"inplace": 0, "out_of_place": 0}
+    ce_calls = {"inplace": 0, "out_of_place": 0, "forward_only": 0}
     install_inplace_cross_entropy(ce_calls)
     entropy_calls = [0]
     verl_entropy = engine.compute_entropy_from_logits
@@ -362,8 +362,11 @@ def test_metrics_come_back_and_the_update_computes_no_verl_entropy(engine_result
 
 def test_the_update_runs_no_log_prob_call_of_verls_own(engine_results):
     r = engine_results
-    # with AEnt on, the log-probs come from AEnt's op: verl's (in-place, flash-attn style) call never runs ...
+    # with AEnt on, the log-prob gradient comes from AEnt's op: verl's (in-place, flash-attn style) call never runs
+    # with autograd ...
     assert r["calls_during_aent_update"]["inplace"] == 0 and r["calls_during_aent_update"]["out_of_place"] == 0
+    # ... only without it, for the values (the old-log-prob pass's own computation: an on-policy ratio of exactly 1)
+    assert r["calls_during_aent_update"]["forward_only"] > 0
     # ... while plain GRPO on the same engine takes the in-place path (so the emulation is live)
     assert r["calls_during_plain_update"]["inplace"] > 0
 
@@ -419,3 +422,34 @@ def test_training_without_the_step_flags_is_refused(engine_results):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))  # as tests/conftest.py
     run_checks(sys.argv[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_update_log_probs_are_the_old_log_prob_pass_values_with_the_ops_gradient(dtype):
+    """The update's log-probs are the values of verl's own log-prob call on the same logits (what the old-log-prob
+    pass computes: for bf16 logits without flash-attn, log_softmax in bf16), bit for bit, so an on-policy PPO ratio
+    is exactly 1; their gradient is AEnt's op's (float32, one buffer)."""
+    import torch
+    from verl.workers.engine.fsdp import transformer_impl
+
+    import aent
+    from aent.verl.loss import _ValueFrom, engine_log_probs
+
+    dtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(37, 301, generator=gen)).to(dtype).requires_grad_(True)
+    labels = torch.randint(0, 301, (37,), generator=gen)
+    with torch.no_grad():
+        old_pass = transformer_impl.logprobs_from_logits(logits=logits, labels=labels).float()
+    op_logp, _ = aent.logprobs_and_clamped_entropy(logits, labels, CLAMP_P)
+    values = engine_log_probs(logits, labels)
+    update = _ValueFrom.apply(op_logp, values)
+    assert torch.equal(update.detach(), old_pass)  # the ratio exp(update - old) is exactly 1
+    if dtype == torch.bfloat16:
+        assert not torch.equal(op_logp.detach(), old_pass)  # the op alone would not give it (the bf16 path differs)
+    assert (op_logp.detach() - old_pass).abs().max() < (0.05 if dtype == torch.bfloat16 else 1e-5)
+    weights = torch.randn(37, generator=gen)
+    (g_update,) = torch.autograd.grad((update * weights).sum(), logits)
+    op_logp_again, _ = aent.logprobs_and_clamped_entropy(logits, labels, CLAMP_P)  # the op's graph runs once
+    (g_op,) = torch.autograd.grad((op_logp_again * weights).sum(), logits)
+    assert torch.equal(g_update, g_op)

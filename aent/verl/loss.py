@@ -6,10 +6,12 @@ One callable serves the two calls verl's FSDP engine makes per micro-batch when 
 1. ``loss(student_logits=<(1, n_tokens, V) temperature-scaled logits>, data=micro_batch)``: the label log-probs AND
    the clamped entropy of the rows that can reach the loss (response positions after verl's one-token shift), from
    one op with one gradient (:func:`aent.logprobs_and_clamped_entropy`), returned as
-   ``{"log_probs": (1, n_tokens), "aent_clamped_entropy": (1, n_tokens)}`` (0 on prompt and padding rows). With
-   ``distillation_only=True`` the engine stores them in ``model_output`` and computes nothing else from the logits:
-   neither its own log-probs (flash-attn's cross-entropy, whose in-place backward would overwrite the logits) nor,
-   with ``calculate_entropy=False``, its eager full-vocabulary entropy. docs/VERL.md weighs this against the other
+   ``{"log_probs": (1, n_tokens), "aent_clamped_entropy": (1, n_tokens)}`` (0 on prompt and padding rows). The
+   log-probs carry the op's gradient but the values of verl's own log-prob call on the same logits
+   (:func:`engine_log_probs`, without autograd), so that they equal the old-log-prob pass's whatever the precision
+   path. With ``distillation_only=True`` the engine stores them in ``model_output`` and computes nothing else from
+   the logits: neither its own log-probs with autograd (flash-attn's cross-entropy, whose in-place backward would
+   overwrite the logits) nor, with ``calculate_entropy=False``, its eager full-vocabulary entropy. docs/VERL.md weighs this against the other
    seams.
 2. ``loss(model_output=..., data=micro_batch, dp_group=...)``: the run's own verl policy loss (``ppo_loss`` with
    ``entropy_coeff=0``, whatever ``policy_loss.loss_mode`` is), minus ``coef * agg(clamped entropy)``, aggregated
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 CLAMPED_ENTROPY_KEY = "aent_clamped_entropy"  # model_output key (per token, nested like log_probs)
+LOGPROB_GAP_KEY = "aent_logprob_gap"  # model_output key: |AEnt op's log-prob - verl's| per token, no gradient
 COEF_KEY = "aent_coef"  # non-tensor batch value: the coefficient of this step
 FUSED_KEY = "aent_fused"  # non-tensor batch value: the update runs verl's fused-kernel forward (aent.verl.fused)
 
@@ -54,6 +57,10 @@ METRIC_COEF = "actor/aent_coef"
 METRIC_ENTROPY_SUM = "actor/aent_entropy_sum"
 METRIC_NUM_TOKENS = "actor/aent_num_tokens"
 METRIC_NONFINITE = "actor/aent_nonfinite_tokens"
+METRIC_LOGPROB_GAP = "actor/aent_logprob_gap"
+METRIC_LOSS_ENTROPY = "actor/aent_loss_entropy"
+METRIC_COEF_MIN = "actor/aent_coef_min"
+METRIC_COEF_MAX = "actor/aent_coef_max"
 
 
 def aent_step_flags(coef: float, *, fused: bool = False) -> Dict[str, Any]:
@@ -121,6 +128,34 @@ def packed_labels_and_loss_rows(data, num_rows: int, device: torch.device):
     return labels, rows
 
 
+def engine_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The label log-probs of ``logits`` as verl's old-log-prob pass computes them, float32, without a gradient.
+
+    verl 0.9.1's FSDP engine takes its log-probs from ``logprobs_from_logits`` in its own module
+    (``verl.workers.engine.fsdp.transformer_impl``): flash-attn's cross-entropy where it is installed, torch_npu's on
+    an NPU, else ``logprobs_from_logits_v2`` (float32 logits: logsumexp; bf16 logits: log_softmax in bf16). The
+    same function on the same packed logits and labels gives the update the old-log-prob pass's values bit for bit,
+    whatever the precision path, so the PPO ratio of an on-policy token is exactly 1. Called without autograd: no
+    backward of its own runs (the in-place flash-attn backward never happens); the gradient is AEnt's op's.
+    """
+    from verl.workers.engine.fsdp import transformer_impl
+
+    with torch.no_grad():
+        return transformer_impl.logprobs_from_logits(logits=logits, labels=labels, inplace_backward=False).float()
+
+
+class _ValueFrom(torch.autograd.Function):
+    """``value`` in the forward, the gradient of ``source`` in the backward (both of the same shape)."""
+
+    @staticmethod
+    def forward(ctx, source, value):
+        return value.to(source.dtype).clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 class AEntPolicyLoss:
     """verl loss callable: the run's policy loss minus ``coef x`` aggregated clamped entropy (picklable for Ray).
 
@@ -166,15 +201,24 @@ class AEntPolicyLoss:
     def logits_outputs(self, student_logits: torch.Tensor, data) -> Dict[str, torch.Tensor]:
         """Label log-probs and clamped entropy of the engine's ``(1, n_tokens, V)`` logits, each ``(1, n_tokens)``.
 
-        Only the loss rows are computed (0 elsewhere). Non-finite rows come back as NaN: the loss call counts them on
-        response tokens, and the trainer stops the step with an error naming it.
+        Only the loss rows are computed (0 elsewhere). The log-probs' values are verl's (:func:`engine_log_probs`),
+        their gradient the op's; ``aent_logprob_gap`` holds ``|op's log-prob - verl's|`` per row, for the metric of
+        the same name. Non-finite rows come back as NaN: the loss call counts them on response tokens, and the
+        trainer stops the step with an error naming it.
         """
         logits = student_logits.squeeze(0)
         labels, rows = packed_labels_and_loss_rows(data, logits.shape[0], logits.device)
         log_probs, ent = aent.logprobs_and_clamped_entropy(
             logits, labels, self.kept, row_mask=rows, chunk_size=self.chunk_size, impl=self.impl, check_finite=False
         )
-        return {"log_probs": log_probs.unsqueeze(0), CLAMPED_ENTROPY_KEY: ent.unsqueeze(0)}
+        verl_log_probs = engine_log_probs(logits, labels).masked_fill(~rows, 0.0)  # 0 off the loss rows, as the op
+        gap = (log_probs.detach() - verl_log_probs).abs()  # the op's own values against verl's: rounding only
+        log_probs = _ValueFrom.apply(log_probs, verl_log_probs)
+        return {
+            "log_probs": log_probs.unsqueeze(0),
+            CLAMPED_ENTROPY_KEY: ent.unsqueeze(0),
+            LOGPROB_GAP_KEY: gap.unsqueeze(0),
+        }
 
     # -- the loss call -------------------------------------------------------------------------------------
     def __call__(self, model_output=None, data=None, dp_group=None, *, student_logits=None):
@@ -222,16 +266,37 @@ class AEntPolicyLoss:
         dp_size = int(batch_info.get("dp_size", 1) or 1)
         with torch.no_grad():
             mask_f = response_mask.to(ent.dtype)
+            zero = torch.zeros((), dtype=ent.dtype, device=ent.device)
+            gap_max = zero
+            if LOGPROB_GAP_KEY in model_output:  # from logits_outputs (absent where a caller built model_output)
+                gap = no_padding_2_padding(model_output[LOGPROB_GAP_KEY], data).to(ent.dtype)
+                gap = torch.where(response_mask & finite & torch.isfinite(gap), gap, zero)
+                gap_max = gap.max() if gap.numel() else zero
             stats = torch.stack(
-                [(ent.detach() * mask_f).sum(), mask_f.sum(), (response_mask & ~finite).sum().to(ent.dtype)]
-            ).tolist()  # one device synchronisation for all three
-        ent_sum, num_tokens, nonfinite = stats
+                [
+                    (ent.detach() * mask_f).sum(),
+                    mask_f.sum(),
+                    (response_mask & ~finite).sum().to(ent.dtype),
+                    gap_max,
+                    ent_agg.detach().to(ent.dtype),
+                ]
+            ).tolist()  # one device synchronisation for all five
+        ent_sum, num_tokens, nonfinite, gap_max, ent_term = stats
         # verl averages SUM metrics over data-parallel ranks and sums them over micro-batches: scaling the local
         # sums by dp_size makes the driver's value the total over the mini-batch.
         metrics[METRIC_ENTROPY_SUM] = Metric(AggregationType.SUM, ent_sum * dp_size)
         metrics[METRIC_NUM_TOKENS] = Metric(AggregationType.SUM, num_tokens * dp_size)
         metrics[METRIC_NONFINITE] = Metric(AggregationType.SUM, nonfinite * dp_size)
+        # the update's log-probs are verl's values (engine_log_probs) with the gradient of AEnt's op: the largest
+        # difference between the two on a response token is float rounding, unless they compute different things
+        if LOGPROB_GAP_KEY in model_output:
+            metrics[METRIC_LOGPROB_GAP] = Metric(AggregationType.MAX, gap_max)
         metrics[METRIC_COEF] = Metric(AggregationType.MEAN, coef)
+        # the aggregate that entered the loss (summed like verl's pg_loss: loss = pg_loss - coef x this), and the
+        # coefficient's range over micro-batches and ranks (one value when every rank trained with the same one)
+        metrics[METRIC_LOSS_ENTROPY] = Metric(AggregationType.SUM, ent_term)
+        metrics[METRIC_COEF_MIN] = Metric(AggregationType.MIN, coef)
+        metrics[METRIC_COEF_MAX] = Metric(AggregationType.MAX, coef)
         return loss, metrics
 
 

@@ -253,19 +253,46 @@ def overrides(model: str, data_dir: str, workdir: str, ckpt: str, steps: int, sa
     ]
 
 
-def run_main_ppo(recipe: str, name: str, extra, workdir: str, env, timeout: int, timer: StepTimer, ckpt=None, **kw):
+def override_key(item: str) -> str:
+    """The config key of a Hydra command-line override (``+a.b=1``, ``++a.b=1`` and ``a.b=1`` name ``a.b``)."""
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(base, extra, drop=()):
+    """``base`` with every override whose key ``extra`` sets replaced by ``extra``'s, and the keys in ``drop``
+    removed (Hydra refuses a key given twice)."""
+    keys = {override_key(item) for item in extra} | set(drop)
+    return [item for item in base if override_key(item) not in keys] + list(extra)
+
+
+def run_main_ppo(
+    recipe: str,
+    name: str,
+    extra,
+    workdir: str,
+    env,
+    timeout: int,
+    timer: StepTimer,
+    ckpt=None,
+    config_path=None,
+    drop=(),
+    **kw,
+):
+    """One ``main_ppo`` run of ``recipe`` (from ``config_path``: default the repository's configs, ``"verl"`` verl's
+    own config folder) with :func:`overrides`, then ``extra`` (replacing the same keys) and without the keys in
+    ``drop``. Returns the metrics verl logged and the run's log."""
     log = os.path.join(workdir, f"{name}.log")
     metrics_path = os.path.join(workdir, f"{name}.jsonl")
     if os.path.exists(metrics_path):
         os.remove(metrics_path)
+    config_args = [f"--config-path={config_path or os.path.join(REPO, 'configs')}"] if config_path != "verl" else []
     cmd = [
         sys.executable,
         "-m",
         "verl.trainer.main_ppo",
-        f"--config-path={REPO}/configs",
+        *config_args,
         f"--config-name={recipe}",
-        *overrides(workdir=workdir, ckpt=ckpt or name, **kw),
-        *extra,
+        *merge_overrides(overrides(workdir=workdir, ckpt=ckpt or name, **kw), extra, drop),
     ]
     t0 = time.time()
     rc = run_logged(cmd, log, dict(env, VERL_FILE_LOGGER_PATH=metrics_path), timeout=timeout)
@@ -421,21 +448,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    for stale in ("ckpt", "ray"):
-        subprocess.run(["rm", "-rf", os.path.join(workdir, stale)], check=True)
-    env = dict(
-        os.environ,
-        VERL_PLATFORM="cpu",  # switches on the CPU bridges of aent_test_support (every process imports verl)
-        VERL_ENGINE_DEVICE="cuda",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        WANDB_MODE="disabled",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
-    )
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env = prepare_workdir(workdir)
     timer = StepTimer()
     t0 = time.time()
     model = build_model(os.path.join(workdir, "tiny_qwen2"))
@@ -456,6 +469,26 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=1, default=str)
     print(f"[e2e] passed in {time.time() - t0:.0f} s; report {os.path.join(workdir, 'report.json')}", flush=True)
     return 0
+
+
+def prepare_workdir(workdir: str):
+    """Create ``workdir`` without a previous run's checkpoints and Ray folder; the environment of every run."""
+    os.makedirs(workdir, exist_ok=True)
+    for stale in ("ckpt", "ray"):
+        subprocess.run(["rm", "-rf", os.path.join(workdir, stale)], check=True)
+    env = dict(
+        os.environ,
+        VERL_PLATFORM="cpu",  # switches on the CPU bridges of aent_test_support (every process imports verl)
+        VERL_ENGINE_DEVICE="cuda",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+    )
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 if __name__ == "__main__":

@@ -47,11 +47,18 @@ class FlashAttnLikeCrossEntropy(torch.autograd.Function):
 
 
 def install_inplace_cross_entropy(counts: Dict[str, int]) -> None:
-    """Route verl's engine log-prob call through :class:`FlashAttnLikeCrossEntropy`; count calls by mode."""
+    """Route verl's engine log-prob call through :class:`FlashAttnLikeCrossEntropy`; count calls by mode.
+
+    Calls under ``torch.no_grad()`` (no backward can follow) count as ``"forward_only"``, the others as
+    ``"inplace"`` or ``"out_of_place"``.
+    """
     import verl.workers.engine.fsdp.transformer_impl as impl
 
     def logprobs_from_logits(logits, labels, inplace_backward=True):
-        counts["inplace" if inplace_backward else "out_of_place"] += 1
+        if not torch.is_grad_enabled():
+            counts["forward_only"] = counts.get("forward_only", 0) + 1
+        else:
+            counts["inplace" if inplace_backward else "out_of_place"] += 1
         vocab = logits.shape[-1]
         loss = FlashAttnLikeCrossEntropy.apply(logits.reshape(-1, vocab), labels.reshape(-1), inplace_backward)
         return -loss.view(logits.shape[:-1])

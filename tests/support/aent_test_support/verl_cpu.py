@@ -130,11 +130,92 @@ def _vllm_linear_on_live_weight() -> None:
     module = sys.modules.get(_VLLM_GEMM_MODULE)
     if module is not None:
         _patch_vllm_gemm(module)
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(_VLLM_GEMM_MODULE, _patch_vllm_gemm))
+    else:
+        _after_import(_VLLM_GEMM_MODULE, _patch_vllm_gemm)
 
 
-BRIDGES = [_vllm_version, _cpu_platform, _single_gloo_backend, _vllm_linear_on_live_weight]
+_FSDP1_INIT_MODULE = "torch.distributed.fsdp._init_utils"
+
+
+def _patch_fsdp1_sync_check(module) -> None:
+    original = module._check_module_states_for_sync_module_states
+    if getattr(original, "_aent_cpu_bridge", False):
+        return
+
+    @functools.wraps(original)
+    def _check_module_states_for_sync_module_states(module_states):
+        return None  # CPU tensors are what gloo broadcasts: nothing to refuse on this platform
+
+    _check_module_states_for_sync_module_states._aent_cpu_bridge = True
+    module._check_module_states_for_sync_module_states = _check_module_states_for_sync_module_states
+
+
+def _fsdp1_sync_module_states_on_cpu() -> None:
+    # Bridge 6 (verl 0.9.1, torch 2.13.0): verl's FSDP1 engine (actor.strategy=fsdp, verl's default) wraps the model
+    # with FullyShardedDataParallel(sync_module_states=True, device_id=<current device>). torch's FSDP1 refuses that
+    # when the module's tensors are on the CPU ("The module has CPU parameters or buffers when
+    # `sync_module_states=True`"), a check made for CUDA/NCCL: the broadcast itself (gloo, CPU tensors) works. Drop
+    # that one check; everything else of FSDP1 runs as it is. Patched when torch's module is imported.
+    module = sys.modules.get(_FSDP1_INIT_MODULE)
+    if module is not None:
+        _patch_fsdp1_sync_check(module)
+    else:
+        _after_import(_FSDP1_INIT_MODULE, _patch_fsdp1_sync_check)
+
+
+_FSDP_UTILS_MODULE = "verl.utils.fsdp_utils"
+_FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+
+
+def _patch_fsdp1_load_to_device(module) -> None:
+    original = module.load_fsdp_model_to_gpu
+    if getattr(original, "_aent_cpu_bridge", False):
+        return
+
+    @functools.wraps(original)
+    def load_fsdp_model_to_gpu(model):
+        if module.fsdp_version(model) != 1:
+            return original(model)
+        device_id = module.get_device_id
+        module.get_device_id = lambda: 0  # "cpu:0", for this call only
+        try:
+            return original(model)
+        finally:
+            module.get_device_id = device_id
+
+    load_fsdp_model_to_gpu._aent_cpu_bridge = True
+    module.load_fsdp_model_to_gpu = load_fsdp_model_to_gpu
+    engine = sys.modules.get(_FSDP_ENGINE_MODULE)  # imported the function by name already
+    if engine is not None and getattr(engine, "load_fsdp_model_to_gpu", None) is original:
+        engine.load_fsdp_model_to_gpu = load_fsdp_model_to_gpu
+
+
+def _fsdp1_load_to_cpu_device() -> None:
+    # Bridge 7 (verl 0.9.1): for FSDP1, verl.utils.fsdp_utils.load_fsdp_model_to_gpu moves each flat parameter to
+    # torch.device(f"{get_device_name()}:{get_device_id()}"), which on the CPU platform (device id "cpu", as torch
+    # names it) is "cpu:cpu": "Invalid device string" at the first weight sync to vLLM. Give that call the index 0
+    # ("cpu:0"); every other use of the device id stays "cpu". Patched when verl's module is imported, before its
+    # engine imports the function by name.
+    module = sys.modules.get(_FSDP_UTILS_MODULE)
+    if module is not None:
+        _patch_fsdp1_load_to_device(module)
+    else:
+        _after_import(_FSDP_UTILS_MODULE, _patch_fsdp1_load_to_device)
+
+
+def _after_import(name, then) -> None:
+    if not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+BRIDGES = [
+    _vllm_version,
+    _cpu_platform,
+    _single_gloo_backend,
+    _vllm_linear_on_live_weight,
+    _fsdp1_sync_module_states_on_cpu,
+    _fsdp1_load_to_cpu_device,
+]
 
 
 def install() -> None:
