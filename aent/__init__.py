@@ -26,6 +26,7 @@ from aent.entropy import (
     restricted_entropy,
     topk_entropy,
 )
+from aent.fused import linear_logprobs_and_clamped_entropy
 from aent.kept import KEPT_RULES, KeptSet, as_kept
 from aent.logprobs import logprobs_and_clamped_entropy
 from aent.loss import LOSS_AGG_MODES, aggregate, entropy_bonus
@@ -51,6 +52,7 @@ __all__ = [
     "entropy",
     "entropy_bonus",
     "grpo_advantages",
+    "linear_logprobs_and_clamped_entropy",
     "logprobs_and_clamped_entropy",
     "nucleus_entropy",
     "num_removed",

@@ -9,15 +9,25 @@ variant:
   uses and what the buffer goal is measured against; ``--logprob verl`` keeps verl's own call (flash-attn's in-place
   cross-entropy on a GPU where flash-attn is installed, verl's out-of-place torch path elsewhere).
 * ``aent``: the AEnt loss with the per-step flags of the ``aent`` trainer mode (torch path of the clamped entropy).
+* ``plain_fused``: verl's plain GRPO with ``use_fused_kernels=true`` (a second engine on the same weights; verl's
+  fused forward, ``fused_kernel_options.impl_backend=torch``: ``FusedLinearForPPO``, no logits).
+* ``aent_fused``: AEnt with ``use_fused_kernels=true`` (``aent.verl.fused``: ``aent.linear_logprobs_and_clamped_entropy``
+  in the model's fused forward, no logits).
+
+The model ties its output layer to the embedding (as Qwen2.5 up to 3B does): verl 0.9.1's fused forward fails under
+FSDP2 with an untied one (docs/VERL.md).
 
 Reported side by side, from one run: the time of each update (min and median over interleaved repetitions), the time
 of the AEnt op alone on the same logits (``aent.clamped_entropy`` forward + backward on the loss rows of the same
 micro-batches), the ratio ``(aent update - plain update) / op alone`` (goal <= 1.15: nothing hidden beyond the op),
-and the peak number of logits-sized (``[micro-batch tokens x V]`` float32) buffers alive during each update (from
-``torch.profiler``'s memory events; goal: at most one more than plain). Rows are appended to
+the peak number of logits-sized (``[micro-batch tokens x V]`` float32) buffers alive during each update and the peak
+of the memory the update allocates on top of what it started with (both from ``torch.profiler``'s memory events;
+goals: at most one buffer more than plain; AEnt fused <= 1.1x verl's fused plain GRPO and at least one logits buffer
+below verl's unfused plain GRPO). Rows are appended to
 ``benchmarks/verl_update.csv`` with the date, device and versions.
 
     python scripts/bench_verl_update.py                 # 2,048 tokens (8 x 256, 2 micro-batches), V = 32,768, CPU
+    python scripts/bench_verl_update.py --vocab 151936  # the fused rows' setting: logits dominate the update
     python scripts/bench_verl_update.py --reps 5 --vocab 65536
     python scripts/bench_verl_update.py --device cuda --hidden 1536 --layers 28 --vocab 151936 --seqs 4 --seq-len 1024
 """
@@ -62,6 +72,7 @@ CSV_FIELDS = [
     "peak_logits_buffers",
     "buffer_mib",
     "note",
+    "peak_mib",
 ]
 
 
@@ -91,10 +102,11 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model weights and compute dtype")
     parser.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "verl_update.csv")
     parser.add_argument("--no-csv", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="text for the CSV rows' note column (e.g. the machine's load)")
     return parser.parse_args(argv)
 
 
-def build_engine(model_path: str, dtype: str):
+def build_engine(model_path: str, dtype: str, fused: bool = False):
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
@@ -103,7 +115,11 @@ def build_engine(model_path: str, dtype: str):
         model_type="language_model",
         backend="fsdp2",
         model_config=HFModelConfig(
-            path=model_path, use_remove_padding=True, override_config={"attn_implementation": "sdpa"}
+            path=model_path,
+            use_remove_padding=True,
+            override_config={"attn_implementation": "sdpa"},
+            use_fused_kernels=fused,
+            fused_kernel_options={"impl_backend": "torch"},
         ),
         engine_config=FSDPEngineConfig(
             strategy="fsdp2",
@@ -135,6 +151,7 @@ def write_model(args, path: str) -> str:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        tie_word_embeddings=True,
         **(sizes if args.preset == "test" else {}),
     )
     model.save_pretrained(path)
@@ -143,7 +160,7 @@ def write_model(args, path: str) -> str:
     return path
 
 
-def make_batch(args, flags: Dict, first: int = 0, count: int = 0):
+def make_batch(args, flags: Dict, first: int = 0, count: int = 0, fused: bool = False):
     """The update batch (sequences ``first .. first + count``; all of them by default), in verl's no-padding form."""
     import torch
     from tensordict import TensorDict
@@ -178,7 +195,7 @@ def make_batch(args, flags: Dict, first: int = 0, count: int = 0):
         micro_batch_size_per_gpu=args.micro,
         global_batch_size=td.batch_size[0],
         max_token_len_per_gpu=1 << 20,
-        use_fused_kernels=False,
+        use_fused_kernels=fused,
         temperature=1.0,
         **flags,
     )
@@ -194,6 +211,15 @@ def peak_live_buffers(events, threshold: int) -> int:
         elif nbytes <= -threshold:
             live -= 1
         peak = max(peak, live)
+    return peak
+
+
+def peak_allocated(events) -> int:
+    """Peak bytes allocated on top of the level at the first event (profiler memory events)."""
+    total, peak = 0, 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        total += e.nbytes()
+        peak = max(peak, total)
     return peak
 
 
@@ -216,7 +242,15 @@ def run(args) -> int:
 
     env = environment(args.device, extra=("verl", "transformers"))
     model_path = write_model(args, tempfile.mkdtemp(prefix="aent_bench_qwen2_"))
-    engine = build_engine(model_path, args.dtype)
+    engines = {False: build_engine(model_path, args.dtype)}
+    # verl's fused kernels replace the model class's forward (apply_monkey_patch): keep each engine's own and put it
+    # back before each of its updates, so that the four variants run interleaved on two engines
+    model_cls = next(
+        c for c in type(engines[False].module).__mro__ if "forward" in c.__dict__ and "FSDP" not in c.__name__
+    )
+    forwards = {False: model_cls.__dict__["forward"]}
+    engines[True] = build_engine(model_path, args.dtype, fused=True)
+    forwards[True] = model_cls.__dict__["forward"]
     counts = {"inplace": 0, "out_of_place": 0}
     if args.logprob == "flash-like":
         from aent_test_support.flash_like_ce import install_inplace_cross_entropy
@@ -229,21 +263,26 @@ def run(args) -> int:
     def plain_loss(model_output, data, dp_group=None):
         return ppo_loss(actor_config, model_output, data, dp_group)
 
-    variants = {
-        "plain": (plain_loss, {}),
-        "aent": (make_aent_loss(actor_config, args.clamp_p, impl="torch"), aent_step_flags(args.coef)),
+    aent_loss = make_aent_loss(actor_config, args.clamp_p, impl="torch")
+    variants = {  # name: (loss, flags, fused)
+        "plain": (plain_loss, {}, False),
+        "aent": (aent_loss, aent_step_flags(args.coef), False),
+        "plain_fused": (plain_loss, {"calculate_entropy": False}, True),
+        "aent_fused": (aent_loss, aent_step_flags(args.coef, fused=True), True),
     }
     tokens = args.seqs * args.seq_len
     micro_tokens = args.micro * args.seq_len
     threshold = int(0.9 * micro_tokens * args.vocab * 4)
 
     def update(name):
-        loss_fn, flags = variants[name]
-        td = make_batch(args, flags)
+        loss_fn, flags, fused = variants[name]
+        td = make_batch(args, flags, fused=fused)
+        model_cls.forward = forwards[fused]
         sync(args.device)
         start = time.perf_counter()
-        engine.train_batch(td, loss_function=loss_fn)
+        engines[fused].train_batch(td, loss_function=loss_fn)
         sync(args.device)
+        forwards[fused] = model_cls.__dict__["forward"]  # AEnt's fused seam wraps verl's on its first update
         return (time.perf_counter() - start) * 1e3
 
     print(
@@ -263,13 +302,14 @@ def run(args) -> int:
             + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items() if t)
         )
 
-    peaks = {}
+    peaks, peak_bytes = {}, {}
     for name in variants:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
         with profile(activities=activities, profile_memory=True) as prof:
             update(name)
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         peaks[name] = peak_live_buffers(events, threshold)
+        peak_bytes[name] = peak_allocated(events)
 
     # the AEnt op alone, on the same logits and the same loss rows, micro-batch by micro-batch
     torch.manual_seed(0)
@@ -281,6 +321,7 @@ def run(args) -> int:
     with torch.no_grad():
         for start in range(0, args.seqs, args.micro):
             chunk = make_batch(args, aent_step_flags(args.coef), start, args.micro)
+            model_cls.forward = forwards[False]
             ids = chunk["input_ids"].values().to(args.device)
             logits = hf(input_ids=ids.unsqueeze(0)).logits[0]  # the dtype the engine hands to the loss
             _, rows = packed_labels_and_loss_rows(chunk, logits.shape[0], logits.device)
@@ -317,11 +358,14 @@ def run(args) -> int:
                 ms_median=f"{median:.1f}",
                 reps=len(ts),
                 op_ms_median=f"{op_ms:.1f}",
-                ratio_vs_plain=f"{median / plain_ms:.3f}",
-                overhead_over_op=f"{(median - plain_ms) / op_ms:.3f}" if name != "plain" else "-",
+                # fused rows against verl's fused plain GRPO, the others against its unfused one
+                ratio_vs_plain=f"{median / statistics.median(times['plain_fused' if 'fused' in name else 'plain']):.3f}",
+                overhead_over_op=f"{(median - plain_ms) / op_ms:.3f}" if name == "aent" else "-",
                 peak_logits_buffers=peaks[name],
                 buffer_mib=f"{micro_tokens * args.vocab * 4 / 2**20:.0f}",
-                note=f"verl log-prob calls {counts}" if name == "plain" and args.logprob == "flash-like" else "",
+                note=(f"verl log-prob calls {counts}; " if name == "plain" and args.logprob == "flash-like" else "")
+                + args.note,
+                peak_mib=f"{peak_bytes[name] / 2**20:.0f}",
             )
         )
     print_table(
@@ -335,12 +379,21 @@ def run(args) -> int:
             "overhead_over_op",
             "peak_logits_buffers",
             "buffer_mib",
+            "peak_mib",
         ],
     )
     print(
         f"# AEnt update - plain update = {statistics.median(times['aent']) - plain_ms:.0f} ms; the op alone "
         f"{op_ms:.0f} ms on {loss_rows} of {tokens} rows; logits-sized buffers at the peak: plain {peaks['plain']}, "
         f"aent {peaks['aent']} (+{peaks['aent'] - peaks['plain']})"
+    )
+    mib = {name: b / 2**20 for name, b in peak_bytes.items()}
+    buffer = micro_tokens * args.vocab * 4 / 2**20
+    print(
+        f"# fused: AEnt peak {mib['aent_fused']:.0f} MiB = {mib['aent_fused'] / mib['plain_fused']:.2f}x verl's fused "
+        f"plain GRPO (goal <= 1.1), {(mib['plain'] - mib['aent_fused']) / buffer:.2f} logits buffers below verl's "
+        f"unfused plain GRPO (goal >= 1); AEnt fused time {statistics.median(times['aent_fused']):.0f} ms = "
+        f"{statistics.median(times['aent_fused']) / statistics.median(times['aent']):.2f}x AEnt unfused (goal <= 1.2)"
     )
     if not args.no_csv:
         append_csv(args.csv, rows, CSV_FIELDS)

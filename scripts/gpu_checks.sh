@@ -73,8 +73,8 @@ EOF
     stage "kernel registers on the device" 30 "$PY" scripts/kernel_cost.py --on-device
     if [ "${AENT_GPU_PYTEST:-0}" = 1 ]; then
         if "$PY" -c "import pytest" 2>/dev/null; then
-            stage "pytest -m gpu tests/test_triton_entropy.py" 90 \
-                "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py
+            stage "pytest -m gpu tests/test_triton_entropy.py tests/test_fused.py" 120 \
+                "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_triton_entropy.py tests/test_fused.py
         else
             echo "pytest not importable here: pytest -m gpu did NOT run"
             FAILED+=("pytest -m gpu (did not run: pytest not importable)")
@@ -96,6 +96,8 @@ EOF
     # 4. verl's own actor update (FSDP engine, one GPU), plain GRPO against AEnt on a Qwen2.5-1.5B-shaped random
     #    model, bf16, with verl's own log-prob call (flash-attn's in-place cross-entropy when flash-attn is installed).
     #    Targets: update time ratio <= 1.05 (stretch 1.03), at most one logits-sized buffer more than plain.
+    #    The same run has the use_fused_kernels=true rows (plain_fused: verl's op; aent_fused: aent.verl.fused).
+    #    Targets: aent_fused peak_mib <= 1.1x plain_fused and >= one logits buffer below plain; time <= 1.2x aent.
     if "$PY" -c "import verl, tensordict, transformers" 2>/dev/null; then
         stage "bench_verl_update" 120 "$PY" scripts/bench_verl_update.py --device cuda --dtype bf16 --logprob verl \
             --preset qwen2.5-1.5b --vocab 151936 --seqs 4 --seq-len 1024 --prompt-len 256 --micro 4 --reps 3

@@ -166,7 +166,17 @@ def test_one_flag_on_verls_own_config():
 
 
 REFUSALS = [
-    (["actor_rollout_ref.model.use_fused_kernels=true"], "use_fused_kernels"),
+    (
+        ["actor_rollout_ref.model.use_fused_kernels=true", "actor_rollout_ref.model.use_remove_padding=false"],
+        "actor_rollout_ref.model.use_remove_padding=true",
+    ),
+    (
+        [
+            "actor_rollout_ref.model.use_fused_kernels=true",
+            "actor_rollout_ref.model.fused_kernel_options.impl_backend=x",
+        ],
+        "fused_kernel_options.impl_backend",
+    ),
     (["actor_rollout_ref.actor.strategy=megatron"], "actor_rollout_ref.actor.strategy"),
     (["distillation.enabled=true"], "distillation.enabled"),
     (["actor_rollout_ref.actor.pad_to_length=true"], "pad_to_length"),
@@ -360,3 +370,61 @@ def test_launch_scripts_build_a_command_that_composes(recipe, tmp_path):
         timeout=60,
     )
     assert missing.returncode == 2 and "MODEL_PATH is required" in missing.stderr
+
+
+def test_fused_kernels_are_served_for_dense_models_and_refused_by_name_for_the_rest(tmp_path):
+    import json
+
+    from aent.verl.checks import StartupError, check_config
+
+    def model_dir(name, **fields):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(fields))
+        return str(folder)
+
+    dense = model_dir("dense", model_type="qwen2", tie_word_embeddings=True)
+    for backend in ("torch", "triton"):
+        opts = check_config(
+            _compose(
+                "aent_grpo_math",
+                [
+                    "actor_rollout_ref.model.use_fused_kernels=true",
+                    f"actor_rollout_ref.model.fused_kernel_options.impl_backend={backend}",
+                    f"actor_rollout_ref.model.path={dense}",
+                ],
+            )
+        )
+        assert opts is not None
+    vl = model_dir("vl", model_type="qwen2_5_vl", tie_word_embeddings=True)
+    with pytest.raises(StartupError, match="model type 'qwen2_5_vl' has its own fused forward") as info:
+        check_config(
+            _compose(
+                "aent_grpo_math",
+                ["actor_rollout_ref.model.use_fused_kernels=true", f"actor_rollout_ref.model.path={vl}"],
+            )
+        )
+    assert "use_fused_kernels=false" in str(info.value)
+    untied = model_dir("untied", model_type="qwen2", tie_word_embeddings=False)
+    with pytest.raises(StartupError, match="untied output layer"):
+        check_config(
+            _compose(
+                "aent_grpo_math",
+                [
+                    "actor_rollout_ref.model.use_fused_kernels=true",
+                    "actor_rollout_ref.actor.strategy=fsdp2",
+                    f"actor_rollout_ref.model.path={untied}",
+                ],
+            )
+        )
+
+
+def test_a_changed_verl_layout_stops_the_fused_seam_at_start_up(monkeypatch):
+    from verl.models.transformers import dense_common
+
+    from aent.verl.fused import check_verl_layout
+
+    check_verl_layout()  # the installed verl is the one targeted
+    monkeypatch.delattr(dense_common, "forward_with_triton_backend")
+    with pytest.raises(RuntimeError, match="targets verl 0.9.1.*forward_with_triton_backend is missing"):
+        check_verl_layout()

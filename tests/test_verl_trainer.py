@@ -601,3 +601,13 @@ def test_warmup_steps_means_the_same_steps_in_verl_and_in_the_readme_loop(tmp_pa
     assert used_by_verl == pytest.approx(used_by_loop, rel=1e-12)
     first_moved = [step for step, c in enumerate(used_by_verl, start=1) if c != 0.002][0]
     assert first_moved == 4
+
+
+def test_with_fused_kernels_the_update_batch_carries_the_fused_flags(tmp_path, one_update_per_step):
+    """use_fused_kernels=true: the flags of aent.verl.fused's seam, kept over the ones verl's _update_actor writes."""
+    trainer = _trainer(_config(tmp_path, "actor_rollout_ref.model.use_fused_kernels=true"), [([10.0], [100.0])])
+    trainer.step({}, {})
+    (extra,) = trainer.actor_rollout_wg.update_batches
+    assert extra["aent_fused"] is True and extra["calculate_entropy"] is True
+    assert extra["distillation_use_topk"] is False and extra["distillation_only"] is False
+    assert extra["aent_coef"] == 0.002

@@ -165,9 +165,18 @@ def build_char_tokenizer(alphabet: Sequence[str], pad: str = "<pad>", eos: str =
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=pad, eos_token=eos)
 
 
-def write_tiny_qwen2(path: str, *, vocab_size: int = 384, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+def write_tiny_qwen2(
+    path: str,
+    *,
+    vocab_size: int = 384,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+):
     """Write a random Qwen2 causal LM (preset ``"test"``) and a trained-in-place BPE tokenizer with a ChatML template
-    to ``path``; return ``path``. The model's vocabulary is ``vocab_size`` (at least the tokenizer's)."""
+    to ``path``; return ``path``. The model's vocabulary is ``vocab_size`` (at least the tokenizer's);
+    ``tie_word_embeddings`` shares the output layer with the embedding, as Qwen2.5 up to 3B does."""
     os.makedirs(path, exist_ok=True)
     fast = build_bpe_tokenizer(vocab_size - 8)
     fast.save_pretrained(path)
@@ -181,6 +190,7 @@ def write_tiny_qwen2(path: str, *, vocab_size: int = 384, hidden_size: int = 32,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         bos_token_id=None,
+        tie_word_embeddings=tie_word_embeddings,
     )
     model.save_pretrained(path)
     return path

@@ -181,16 +181,10 @@ def check_config(config: Any) -> AEntOptions:
             f"actor_rollout_ref.actor.strategy={strategy}: AEnt reads the logits of verl's FSDP engine "
             "(Megatron and other engines are not supported): set actor_rollout_ref.actor.strategy=fsdp2"
         )
-    for key in (
-        "actor_rollout_ref.model.use_fused_kernels",
-        "actor_rollout_ref.actor.use_fused_kernels",
-        "actor_rollout_ref.actor.fsdp_config.use_fused_kernels",
-    ):
-        if _select(config, key, False) is True:
-            problems.append(
-                f"{key}=true: fused kernels never materialise the logits the clamped entropy needs: set {key}=false"
-            )
-            break
+    if _select(config, "actor_rollout_ref.model.use_fused_kernels", False) is True:
+        from aent.verl.fused import startup_problems  # verl's fused path without logits: covered models only
+
+        problems.extend(startup_problems(config, _select))
     if _select(config, "distillation.enabled", False) is True:
         problems.append(
             "distillation.enabled=true: on-policy distillation uses the same logits hook as AEnt: "

@@ -38,6 +38,7 @@ __all__ = [
     "aent_step_flags",
     "CLAMPED_ENTROPY_KEY",
     "COEF_KEY",
+    "FUSED_KEY",
     "METRIC_ENTROPY_SUM",
     "METRIC_NUM_TOKENS",
     "METRIC_NONFINITE",
@@ -48,6 +49,7 @@ __all__ = [
 CLAMPED_ENTROPY_KEY = "aent_clamped_entropy"  # model_output key (per token, nested like log_probs)
 LOGPROB_GAP_KEY = "aent_logprob_gap"  # model_output key: |AEnt op's log-prob - verl's| per token, no gradient
 COEF_KEY = "aent_coef"  # non-tensor batch value: the coefficient of this step
+FUSED_KEY = "aent_fused"  # non-tensor batch value: the update runs verl's fused-kernel forward (aent.verl.fused)
 
 # Metric names as they reach the driver (verl prefixes the actor's metrics with "actor/" only when missing).
 METRIC_CLAMPED_ENTROPY = "actor/aent_clamped_entropy"
@@ -61,16 +63,28 @@ METRIC_COEF_MIN = "actor/aent_coef_min"
 METRIC_COEF_MAX = "actor/aent_coef_max"
 
 
-def aent_step_flags(coef: float) -> Dict[str, Any]:
+def aent_step_flags(coef: float, *, fused: bool = False) -> Dict[str, Any]:
     """Non-tensor values to put on every actor-update batch for one step (``batch.extra_info`` in the V1 trainer).
 
     ``distillation_use_topk=True`` makes verl's FSDP engine hand the logits to the loss; ``distillation_only=True``
     makes it take the log-probs from the loss (:func:`aent.logprobs_and_clamped_entropy`) instead of computing its
     own; ``calculate_entropy=False`` keeps verl's eager full-vocabulary entropy out of the update pass.
+
+    ``fused=True`` (a run with ``actor_rollout_ref.model.use_fused_kernels=true``, no logits): the model's fused
+    forward computes both with :func:`aent.linear_logprobs_and_clamped_entropy` (:mod:`aent.verl.fused`) and returns
+    the clamped entropy as verl's ``entropy``, which ``calculate_entropy=True`` passes on to the loss.
     """
     coef = float(coef)
     if not (coef >= 0.0 and coef < float("inf")):
         raise ValueError(f"the AEnt coefficient must be a finite number >= 0, got {coef!r}")
+    if fused:
+        return {
+            "distillation_use_topk": False,
+            "distillation_only": False,
+            "calculate_entropy": True,
+            COEF_KEY: coef,
+            FUSED_KEY: True,
+        }
     return {"distillation_use_topk": True, "distillation_only": True, "calculate_entropy": False, COEF_KEY: coef}
 
 
@@ -220,6 +234,9 @@ class AEntPolicyLoss:
         from verl.workers.utils.padding import no_padding_2_padding
 
         config = self.actor_config
+        if tu.get_non_tensor_data(data=data, key=FUSED_KEY, default=False) and "entropy" in model_output:
+            # the fused forward (aent.verl.fused) returned the clamped entropy as verl's entropy
+            model_output[CLAMPED_ENTROPY_KEY] = model_output.pop("entropy")
         policy_loss, metrics = ppo_loss(config, model_output, data, dp_group)
         if CLAMPED_ENTROPY_KEY not in model_output:
             if torch.is_grad_enabled():

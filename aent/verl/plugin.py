@@ -10,7 +10,9 @@ It must not fail and must stay cheap, so it imports nothing heavy itself:
   ``python -m verl.trainer.main_ppo``) and ``verl.trainer.main_ppo.run_ppo`` (called by main_ppo, the one-step-off and
   the fully-async entry points with a task runner that tells them apart; wrapped when that module is imported). A
   config that asks for AEnt where it would not run (``trainer.use_v1=false``, an ``aent:`` block under a non-AEnt
-  mode, the one-step-off or fully-async entry point) stops there with the key and the fix.
+  mode, the one-step-off or fully-async entry point) stops there with the key and the fix;
+* it wraps the FSDP engine's ``forward_step`` when ``verl.workers.engine.fsdp.transformer_impl`` is imported, so that
+  AEnt updates with ``use_fused_kernels=true`` run AEnt's fused op (:mod:`aent.verl.fused`; other batches untouched).
 
 verl swallows plugin errors at DEBUG level; this module reports its own problems with a warning instead.
 ``VERL_USE_EXTERNAL_PLUGINS=none`` disables all plugins; ``VERL_USE_EXTERNAL_MODULES=aent.verl.plugin`` loads this one
@@ -28,6 +30,7 @@ import warnings
 
 _V1_PACKAGE = "verl.trainer.ppo.v1"
 _MAIN_PPO = "verl.trainer.main_ppo"
+_ENGINE = "verl.workers.engine.fsdp.transformer_impl"
 _log = logging.getLogger("aent.verl.plugin")
 _state = {"registered": False, "validate_wrapped": False}
 
@@ -138,7 +141,24 @@ def _wrap_run_ppo(main_ppo) -> None:
     main_ppo.run_ppo = run_ppo
 
 
-_HOOKS = {_V1_PACKAGE: lambda module: register_trainer_mode(), _MAIN_PPO: _wrap_run_ppo}
+def _install_fused_seam(transformer_impl) -> None:
+    """AEnt's seam in verl's fused-kernel forward (:mod:`aent.verl.fused`), in every process with verl's engine."""
+    try:
+        from aent.verl.fused import install_engine_seam
+
+        install_engine_seam(transformer_impl)
+    except Exception as err:
+        _warn(
+            f"aent: could not install the fused-kernel seam ({type(err).__name__}: {err}); AEnt runs with "
+            "use_fused_kernels=true will fail in the actor update"
+        )
+
+
+_HOOKS = {
+    _V1_PACKAGE: lambda module: register_trainer_mode(),
+    _MAIN_PPO: _wrap_run_ppo,
+    _ENGINE: _install_fused_seam,
+}
 
 
 def install() -> None:

@@ -24,7 +24,7 @@ import math
 import os
 from typing import Any, Dict, Optional
 
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from verl.trainer.ppo.v1 import PPOTrainerColocateAsync, PPOTrainerSeparateAsync, PPOTrainerSync, register_trainer
 
 from aent.verl.checks import REQUEST_KEY, StartupError, apply_loss_mode, check_config, record_request
@@ -99,6 +99,8 @@ class AEntTrainerMixin:
         apply_loss_mode(config)
         self.aent_options = check_config(config)  # refuse before anything is built
         self.coefficient = self.aent_options.build_coefficient()
+        # no logits with verl's fused kernels: the update's forward serves AEnt (aent.verl.fused)
+        self.aent_fused = OmegaConf.select(config, "actor_rollout_ref.model.use_fused_kernels", default=False) is True
         self._aent_sums = [0.0, 0.0, 0.0]  # entropy sum, response tokens, non-finite tokens of this global step
         with open_dict(config):
             # verl logs this config to the tracker: every AEnt option as it runs, next to aent_run (the user's mode)
@@ -137,7 +139,9 @@ class AEntTrainerMixin:
     # -- per step ------------------------------------------------------------------------------------------
     def _update_actor(self, batch, metrics: dict):
         # the coefficient of this global step travels with the update batch
-        batch.extra_info = _StepExtraInfo(batch.extra_info, aent_step_flags(self.coefficient.value))
+        batch.extra_info = _StepExtraInfo(
+            batch.extra_info, aent_step_flags(self.coefficient.value, fused=self.aent_fused)
+        )
         try:
             batch = super()._update_actor(batch, metrics)
         finally:

@@ -145,13 +145,13 @@ def worker_logs(ray_dir: str):
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
-def build_model(path: str) -> str:
+def build_model(path: str, tie_word_embeddings: bool = False) -> str:
     from aent.experiments.tiny_model import write_tiny_qwen2  # the repository's one tiny-model builder
 
     if os.path.exists(os.path.join(path, "done")):
         return path
     # hidden 128 with 4 heads: head size 32, which vLLM's CPU attention supports
-    write_tiny_qwen2(path, hidden_size=128, num_layers=2, seed=0)
+    write_tiny_qwen2(path, hidden_size=128, num_layers=2, seed=0, tie_word_embeddings=tie_word_embeddings)
     # vLLM samples and normalises over the tokenizer's ids only; the trainer over the model's whole vocabulary. A
     # real checkpoint's padding rows have ~0 probability, a random model's do not (log(384/319) = 0.19 nats per
     # token apart): cut the vocabulary to the tokenizer's so that the two sides' probabilities can be compared.
@@ -384,6 +384,30 @@ def run_baselines(ctx, timer):
     return {"grpo_math": mg, "entreg_math": me}
 
 
+def run_fused(ctx, timer):
+    """AEnt with verl's fused kernels (use_fused_kernels=true: no logits; aent.verl.fused), one step. A tied output
+    layer (verl 0.9.1's fused forward fails under FSDP2 with an untied one) and packed micro-batches (the seam's)."""
+    model = build_model(os.path.join(ctx["workdir"], "tiny_qwen2_tied"), tie_word_embeddings=True)
+    fused = ["actor_rollout_ref.model.use_fused_kernels=true", "actor_rollout_ref.model.use_remove_padding=true"]
+    args = dict(ctx, model=model, steps=1, save_freq=-1, timer=timer)
+    m, log = run_main_ppo("aent_grpo_math", "aent_fused_1", aent_args(AENT_OPTIONS) + fused, **args)
+    try:
+        check("fused: one step", checks.check_steps, m, [1])
+        names = [checks.CLAMPED_ENTROPY, checks.COEF, checks.LOSS, checks.PG_LOSS, checks.FULL_ENTROPY, "actor/ppo_kl"]
+        check(
+            "fused: AEnt metrics and verl's actor/entropy present and finite", checks.check_present_and_finite, m, names
+        )
+        check("fused: actor/loss = pg_loss - coef x clamped entropy", checks.check_loss_identity, m)
+        check("fused: verl computes no entropy in the AEnt update", checks.check_absent, m, [checks.ENTROPY_LOSS])
+        # one mini-batch: the update's log-probs (AEnt's op) must be verl's old log-probs (verl's fused op)
+        if abs(m[1]["actor/ppo_kl"]) > 1e-6:
+            raise checks.E2EFailure(f"fused: actor/ppo_kl = {m[1]['actor/ppo_kl']!r} on an on-policy step")
+    except checks.E2EFailure:
+        print_tails([log])
+        raise
+    return {"aent_fused": m}
+
+
 def run_relatives(ctx, timer):
     """One step of each relative's recipe: TRE's top-k entropy (constant 0.001) and Skywork-OR1's target controller
     (started at 0.001 so that its first step carries a bonus; the random model's entropy is far above the target, so
@@ -415,7 +439,7 @@ def run_relatives(ctx, timer):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=os.path.join(REPO, "build", "e2e"))
-    parser.add_argument("--only", choices=["aent", "baselines", "relatives"], help="run only these recipes")
+    parser.add_argument("--only", choices=["aent", "baselines", "relatives", "fused"], help="run only these recipes")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per main_ppo run (default 1200)")
     parser.add_argument("--prompts", type=int, default=8, help="prompts in the training file (default 8)")
     parser.add_argument("--batch", type=int, default=4, help="prompts per step (default 4)")
@@ -438,6 +462,8 @@ def main(argv=None) -> int:
         report["baselines"] = run_baselines(ctx, timer)
     if args.only in (None, "relatives"):
         report["relatives"] = run_relatives(ctx, timer)
+    if args.only in (None, "fused"):
+        report["fused"] = run_fused(ctx, timer)
     report["timings"] = timer.rows
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
