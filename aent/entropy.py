@@ -224,28 +224,57 @@ _NUCLEUS_RANGE = 32.0
 
 def _nucleus_threshold(z: torch.Tensor, top_p: float, row_max: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per row of a 2-D ``z`` the logit ``t`` at which the descending cumulative probability first reaches ``top_p``
-    (the kept set is ``z >= t``), or -inf where every token is kept.
+    (the kept set is ``z >= t``), or -inf where every token is kept. See :func:`_nucleus_search`."""
+    return _nucleus_search(z, top_p, z.amax(dim=-1) if row_max is None else row_max)[0]
+
+
+def _workspace(workspace: Optional[dict], name: str, like: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """An uninitialised contiguous tensor of ``like``'s shape and device, a view of the buffer ``workspace[name]``
+    (made or grown here) that the chunks of one call share, for the ``out=`` of a full-size operation; None, a fresh
+    result, when there is no workspace or ``like`` is not contiguous (whose results then keep its layout). A fresh CPU
+    tensor of a chunk's size is mapped and written from scratch by the system at most allocations, which can cost more
+    than the operation that fills it."""
+    if workspace is None or not like.is_contiguous():
+        return None
+    size = like.numel()
+    buffer = workspace.get(name)
+    if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != like.device:
+        buffer = workspace[name] = torch.empty(size, dtype=dtype, device=like.device)
+    return buffer[:size].view(like.shape)
+
+
+def _nucleus_search(z: torch.Tensor, top_p: float, row_max: torch.Tensor, workspace: Optional[dict] = None):
+    """The nucleus threshold of each row of a 2-D ``z`` (as :func:`_nucleus_threshold`), with the ``z - max`` and
+    ``exp(z - max)`` it was found from (``max`` taken as 0 on rows without a finite maximum), for the forward to reuse.
+    ``workspace``: a dict that holds scratch buffers between the chunks of one call (see :func:`_workspace`).
 
     Exact, with no cap on the nucleus. One pass bins the weights ``exp(z - max)`` into a histogram by logit; the
     bucket where the cumulative mass reaches ``top_p`` of the row's total is the only one sorted, its tokens taken
     out of the row first (a few per row for any realistic distribution). Cumulative masses are float64 sums of the
     float32 weights. Rows with NaN/+inf or no finite logit get -inf (the careful path gives them NaN or 0); a row
-    whose crossing rounding leaves out of its bucket is sorted whole.
+    whose crossing rounding leaves out of its bucket is sorted whole. The per-token work is a handful of full-width
+    operations; everything after the histogram is per row or per token of the crossing buckets, in 1-D gathers.
     """
     rows = z.shape[0]
-    row_max = z.amax(dim=-1) if row_max is None else row_max
     good = torch.isfinite(row_max)
     shift = torch.where(good, row_max, torch.zeros_like(row_max)).unsqueeze(-1)
-    weights = torch.exp(z - shift)
-    scale = _NUCLEUS_BUCKETS / _NUCLEUS_RANGE
-    bucket = torch.sub(shift * scale, z, alpha=scale).clamp_(0, _NUCLEUS_BUCKETS - 1)
-    # -inf logits land in the last bucket with weight 0; NaN (rows without a finite maximum, never searched) too,
-    # since a NaN index is no bucket at all
-    bucket = bucket.nan_to_num_(nan=_NUCLEUS_BUCKETS - 1).to(torch.int64)
+    shifted = torch.sub(z, shift, out=_workspace(workspace, "shifted", z, z.dtype))
+    weights = torch.exp(shifted, out=_workspace(workspace, "weights", z, z.dtype))
+    # the bucket of a token: its distance below the maximum in units of _NUCLEUS_RANGE / _NUCLEUS_BUCKETS (a power
+    # of two at the defaults, so the product is exact), -inf logits in the last bucket with weight 0
+    scaled = torch.mul(shifted, -_NUCLEUS_BUCKETS / _NUCLEUS_RANGE, out=_workspace(workspace, "scaled", z, z.dtype))
+    scaled.clamp_(0, _NUCLEUS_BUCKETS - 1)
+    if not bool(good.all()):  # NaN (rows without a finite maximum, never searched) is no bucket at all
+        scaled.nan_to_num_(nan=_NUCLEUS_BUCKETS - 1)
+    bucket = _workspace(workspace, "bucket", z, torch.int64)
+    bucket = scaled.to(torch.int64) if bucket is None else bucket.copy_(scaled)  # truncated either way
+    del scaled
     hist = torch.zeros(rows, _NUCLEUS_BUCKETS, dtype=weights.dtype, device=z.device).scatter_add_(1, bucket, weights)
-    cum = hist.to(torch.float64).cumsum_(dim=-1)
+    cum = hist.cumsum(dim=-1, dtype=torch.float64)
+    del hist
     target = cum[:, -1] * top_p
-    crossing = (cum < target.unsqueeze(-1)).sum(dim=-1).clamp_(max=_NUCLEUS_BUCKETS - 1)
+    # the first bucket whose cumulative mass reaches the target (the rows of cum are non-decreasing where searched)
+    crossing = torch.searchsorted(cum, target.unsqueeze(-1)).squeeze(-1).clamp_(max=_NUCLEUS_BUCKETS - 1)
     above = torch.where(crossing > 0, cum.gather(1, (crossing - 1).clamp_(min=0).unsqueeze(1)).squeeze(1), 0.0)
     crossing = torch.where(good, crossing, -1)  # rows without a finite maximum: no bucket is searched
     inside = bucket == crossing.unsqueeze(-1)
@@ -253,22 +282,29 @@ def _nucleus_threshold(z: torch.Tensor, top_p: float, row_max: Optional[torch.Te
     # the crossing bucket's tokens, sorted by row and then by descending logit, their mass accumulated per row
     row, col = inside.nonzero(as_tuple=True)
     del inside
+    count = row.numel()
     values = z[row, col]
     order = torch.sort(values, descending=True, stable=True).indices
-    order = order[torch.sort(row[order], stable=True).indices]
-    row, values, col = row[order], values[order], col[order]
-    mass = weights[row, col].to(torch.float64)
+    order = order.index_select(0, torch.sort(row.index_select(0, order), stable=True).indices)
+    row, values = row.index_select(0, order), values.index_select(0, order)
+    flat = col.index_select(0, order).add_(row, alpha=z.shape[-1])
+    mass = weights.view(-1).index_select(0, flat) if weights.is_contiguous() else weights.reshape(-1)[flat]
+    mass = mass.to(torch.float64)
     cumulative = mass.cumsum(dim=0)
     counts = torch.bincount(row, minlength=rows)
     before = torch.cumsum(counts, dim=0) - counts  # position of each row's first token
-    offset = torch.where(before > 0, cumulative[(before - 1).clamp_(min=0)], 0.0) if row.numel() else before
-    reached = (cumulative - offset[row] + above[row]) >= target[row]
-    position = torch.arange(row.numel(), device=z.device)
-    first = torch.full((rows,), row.numel(), dtype=torch.int64, device=z.device)
-    first.scatter_reduce_(0, row, torch.where(reached, position, row.numel()), reduce="amin")
-    found = first < row.numel()
+    if count:
+        offset = torch.where(before > 0, cumulative.index_select(0, (before - 1).clamp_(min=0)), 0.0)
+    else:
+        offset = before
+    reached = (cumulative - offset.index_select(0, row) + above.index_select(0, row)) >= target.index_select(0, row)
+    position = torch.arange(count, device=z.device)
+    first = torch.full((rows,), count, dtype=torch.int64, device=z.device)
+    first.scatter_reduce_(0, row, torch.where(reached, position, count), reduce="amin")
+    found = first < count
     threshold = z.new_full((rows,), float("-inf"))
-    threshold[found] = values[first[found]]
+    if count:
+        threshold = torch.where(found, values.index_select(0, first.clamp(max=count - 1)), threshold)
     rest = (~found & good).nonzero().squeeze(1)
     if rest.numel():  # rounding kept the crossing out of its bucket: the whole row, sorted
         values, index = torch.sort(z.index_select(0, rest), dim=-1, descending=True)
@@ -277,7 +313,7 @@ def _nucleus_threshold(z: torch.Tensor, top_p: float, row_max: Optional[torch.Te
         done = reached.any(dim=-1)  # not reached in the whole row (rounding just below 1): every token is kept
         at = reached.to(torch.int8).argmax(dim=-1, keepdim=True)
         threshold[rest[done]] = values.gather(1, at).squeeze(1)[done]
-    return threshold
+    return threshold, shifted, weights
 
 
 def _keeps_all(kept: KeptSet, vocab: int) -> bool:
@@ -285,13 +321,14 @@ def _keeps_all(kept: KeptSet, vocab: int) -> bool:
     return kept.is_full(vocab) if kept.by_rank else kept.value >= 1.0
 
 
-def _chunk_threshold(z: torch.Tensor, kept: KeptSet, row_max: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-row threshold of the 2-D chunk ``z`` under ``kept`` (keep ``z >= t``), or None when every token is kept."""
+def _chunk_threshold(z: torch.Tensor, kept: KeptSet, row_max: torch.Tensor, workspace: Optional[dict] = None):
+    """Per-row threshold of the 2-D chunk ``z`` under ``kept`` (keep ``z >= t``), or None when every token is kept,
+    with the ``z - max`` and ``exp(z - max)`` the search computed on the way (None when it did not: the rank rules)."""
     if _keeps_all(kept, z.shape[-1]):
-        return None
+        return None, None, None
     if kept.by_rank:
-        return _row_threshold(z, kept.num_removed(z.shape[-1]))
-    return _nucleus_threshold(z, float(kept.value), row_max)
+        return _row_threshold(z, kept.num_removed(z.shape[-1])), None, None
+    return _nucleus_search(z, float(kept.value), row_max, workspace)
 
 
 def _careful_shifted(z: torch.Tensor, threshold: Optional[torch.Tensor], row_max: torch.Tensor) -> torch.Tensor:
@@ -333,7 +370,7 @@ def _careful_backward(z: torch.Tensor, threshold: Optional[torch.Tensor], ent: t
     return torch.where(torch.isfinite(ent).unsqueeze(-1), grad, torch.zeros_like(grad))
 
 
-def _chunk_forward(z: torch.Tensor, kept: KeptSet):
+def _chunk_forward(z: torch.Tensor, kept: KeptSet, workspace: Optional[dict] = None):
     """Entropy of each row of the 2-D chunk ``z``, its threshold, row maximum and log of the kept set's sum of
     ``exp(z - max)`` (those three None when ``kept`` keeps every token) and the flags of the rows computed the
     careful way.
@@ -342,16 +379,22 @@ def _chunk_forward(z: torch.Tensor, kept: KeptSet):
     kept tokens, while the single number ``max + log_total`` rounded to float32 would be off by up to half a unit in
     the last place of the logits' magnitude (5e-4 at |z| = 1e4)."""
     row_max = z.amax(dim=-1)
-    threshold = _chunk_threshold(z, kept, row_max)
+    threshold, shifted, weights = _chunk_threshold(z, kept, row_max, workspace)
     if threshold is None:
         log_total = None
         logq = torch.log_softmax(z, dim=-1)
         ent = torch.exp(logq).mul_(logq).sum(dim=-1).neg_()
         del logq
     else:
-        shifted = torch.clamp(z, min=threshold.unsqueeze(-1)).sub_(row_max.unsqueeze(-1))
+        if shifted is None:
+            shifted = torch.clamp(z, min=threshold.unsqueeze(-1)).sub_(row_max.unsqueeze(-1))
+            weights = torch.exp(shifted)
+        else:
+            # the search's z - max clamped at t - max is the same number (rounding is monotone), its exp the same
+            # weight on the kept tokens; rows without a finite maximum are computed again the careful way below
+            shifted.clamp_(min=(threshold - row_max).unsqueeze(-1))
         # removed tokens: weight exactly 0 (a product with the bool mask is cheaper on the CPU than masked_fill_)
-        weights = torch.exp(shifted).mul_(z >= threshold.unsqueeze(-1))
+        weights.mul_(z >= threshold.unsqueeze(-1))
         total = weights.sum(dim=-1)
         weighted = weights.mul_(shifted).sum(dim=-1)  # sum of q * (z - max) times total
         del shifted, weights
@@ -409,9 +452,10 @@ class _ChunkedRestrictedEntropy(torch.autograd.Function):
         row_max = alloc(rows, dtype=compute, device=logits2d.device) if restricted else None
         log_total = alloc(rows, dtype=compute, device=logits2d.device) if restricted else None
         careful = torch.zeros(rows, dtype=torch.bool, device=logits2d.device)
+        workspace = {}  # scratch shared by the chunks
         for part in _chunks(selected, rows, chunk_size):
             z = logits2d[part].to(compute)
-            e, t, m, n, c = _chunk_forward(z, kept)
+            e, t, m, n, c = _chunk_forward(z, kept, workspace)
             ent[part], careful[part] = e, c
             if restricted:
                 threshold[part], row_max[part], log_total[part] = t, m, n
