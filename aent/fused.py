@@ -155,13 +155,16 @@ def _chunk_grad(z, labels, part, grad_logp, grad_ent, ent, careful, lse, thresho
     log-probabilities' share, each sub-chunk as :func:`aent.logprobs_and_clamped_entropy`'s backward computes it."""
     compute = ent.dtype
     m, vocab = z.shape
-    grad = torch.empty_like(z, memory_format=torch.contiguous_format)
     e, c, g_e = ent[part], careful[part], grad_ent[part].to(compute)
     t, mx, lt = (None,) * 3 if threshold is None else (threshold[part], row_max[part], log_total[part])
     subs = list(_chunks(None, m, _default_chunk_size(m, vocab, z.device)))
-    for sub in subs:
-        stats = (None,) * 3 if t is None else (t[sub], mx[sub], lt[sub])
-        _chunk_backward(z[sub].to(compute), *stats, e[sub], c[sub], g_e[sub], out=grad[sub])
+    if len(subs) == 1:  # the entropy's last scratch tensor becomes the gradient: one chunk-sized buffer fewer
+        grad = _chunk_backward(z.to(compute), t, mx, lt, e, c, g_e).to(z.dtype)
+    else:
+        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+        for sub in subs:
+            stats = (None,) * 3 if t is None else (t[sub], mx[sub], lt[sub])
+            _chunk_backward(z[sub].to(compute), *stats, e[sub], c[sub], g_e[sub], out=grad[sub])
     part_lse, g_l = lse[part], grad_logp[part].to(compute)
     for sub in subs:
         _add_logprob_grad(grad, sub, z[sub].to(compute), labels[sub], part_lse[sub], g_l[sub])
