@@ -18,9 +18,17 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from aent.entropy import _chunks, _default_chunk_size
+from aent.entropy import (
+    _chunk_backward,
+    _chunk_forward,
+    _chunks,
+    _default_chunk_size,
+    _keeps_all,
+    _resolve_impl,
+    compute_dtype,
+)
 from aent.kept import KeptSet, as_kept
-from aent.logprobs import logprobs_and_clamped_entropy
+from aent.logprobs import _add_logprob_grad, _chunk_logprobs, logprobs_and_clamped_entropy
 from aent.validate import check_chunk_size
 
 __all__ = ["linear_logprobs_and_clamped_entropy"]
@@ -32,27 +40,76 @@ def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
     return logits if temperature == 1.0 else logits.div_(temperature)
 
 
+def _store(dest: Optional[torch.Tensor], part, value: Optional[torch.Tensor]) -> None:
+    if dest is not None:
+        dest[part] = value
+
+
 class _LinearLogprobsAndEntropy(torch.autograd.Function):
+    """The torch path keeps the per-row statistics of the forward (the entropy's threshold, row maximum, log of the
+    kept set's total, entropy and careful-row flags; the log-sum-exp of the log-probabilities) and the backward turns
+    each rebuilt chunk of logits into its gradient straight from them: the kept set is selected once, in the forward.
+    Other implementations (the fused Triton kernels, the reference) have no statistics interface: their backward runs
+    :func:`aent.logprobs_and_clamped_entropy` on the rebuilt chunk again, under autograd.
+
+    Within a chunk both ways work through the rows in the sub-chunks :func:`aent.logprobs_and_clamped_entropy` would
+    take, with the same operations in the same order, so the results are those of the op on the whole logits.
+    """
+
     @staticmethod
     def forward(ctx, hidden2d, weight, labels, rows, kept, temperature, chunk_size, impl):
-        n = hidden2d.shape[0]
-        compute = torch.float64 if hidden2d.dtype == torch.float64 else torch.float32
-        logp = torch.zeros(n, dtype=compute, device=hidden2d.device)
-        ent = torch.zeros(n, dtype=compute, device=hidden2d.device)
+        n, vocab = hidden2d.shape[0], weight.shape[0]
+        device = hidden2d.device
+        compute = compute_dtype(hidden2d.dtype)
+        logp = torch.zeros(n, dtype=compute, device=device)
+        ent = torch.zeros(n, dtype=compute, device=device)
+        stats = _resolve_impl(impl, device, hidden2d.dtype, kept.rule) == "torch"
+        if stats:
+            restricted = not _keeps_all(kept, vocab)
+            lse = torch.zeros(n, dtype=compute, device=device)
+            careful = torch.zeros(n, dtype=torch.bool, device=device)
+            threshold, row_max, log_total = (
+                (torch.zeros(n, dtype=compute, device=device) for _ in range(3)) if restricted else (None,) * 3
+            )
         with torch.no_grad():
             for part in _chunks(rows, n, chunk_size):
                 z = _chunk_logits(hidden2d[part], weight, temperature)
-                lp, e = logprobs_and_clamped_entropy(z, labels[part], kept, impl=impl, check_finite=False)
-                logp[part], ent[part] = lp, e
-                del z, lp, e
-        ctx.save_for_backward(hidden2d, weight, labels, rows)
-        ctx.args = (kept, temperature, chunk_size, impl)
+                if not stats:
+                    lp, e = logprobs_and_clamped_entropy(z, labels[part], kept, impl=impl, check_finite=False)
+                    logp[part], ent[part] = lp, e
+                    del z, lp, e
+                    continue
+                m = z.shape[0]
+                here = labels[part]
+                chunk = [torch.empty(m, dtype=compute, device=device) for _ in range(6)]
+                flags = torch.empty(m, dtype=torch.bool, device=device)
+                for sub in _chunks(None, m, _default_chunk_size(m, vocab, device)):
+                    zc = z[sub].to(compute)
+                    e, t, mx, lt, c = _chunk_forward(zc, kept)
+                    chunk[0][sub], flags[sub] = e, c
+                    if restricted:
+                        chunk[1][sub], chunk[2][sub], chunk[3][sub] = t, mx, lt
+                    chunk[4][sub], chunk[5][sub] = _chunk_logprobs(zc, here[sub])
+                    del zc, e, t, mx, lt, c
+                del z
+                ent[part], careful[part], lse[part], logp[part] = chunk[0], flags, chunk[4], chunk[5]
+                for dest, value in zip((threshold, row_max, log_total), chunk[1:4]):
+                    _store(dest, part, value)
+                del chunk, flags
+        if stats:
+            ctx.save_for_backward(hidden2d, weight, labels, rows, ent, careful, lse, threshold, row_max, log_total)
+        else:
+            ctx.save_for_backward(hidden2d, weight, labels, rows)
+        ctx.args = (kept, temperature, chunk_size, impl, stats)
         return logp, ent
 
     @staticmethod
     def backward(ctx, grad_logp, grad_ent):
-        hidden2d, weight, labels, rows = ctx.saved_tensors
-        kept, temperature, chunk_size, impl = ctx.args
+        kept, temperature, chunk_size, impl, stats = ctx.args
+        if stats:
+            hidden2d, weight, labels, rows, ent, careful, lse, threshold, row_max, log_total = ctx.saved_tensors
+        else:
+            hidden2d, weight, labels, rows = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden2d) if want_h else None
         grad_w = torch.zeros_like(weight) if want_w else None
@@ -65,13 +122,19 @@ class _LinearLogprobsAndEntropy(torch.autograd.Function):
             h = hidden2d[part]
             with torch.no_grad():
                 z = _chunk_logits(h, weight, temperature)
-            leaf = z.requires_grad_(True)
-            with torch.enable_grad():
-                lp, e = logprobs_and_clamped_entropy(leaf, labels[part], kept, impl=impl, check_finite=False)
-                (grad_z,) = torch.autograd.grad(
-                    (lp, e), leaf, (grad_logp[part].to(lp.dtype), grad_ent[part].to(e.dtype))
+            if stats:
+                grad_z = _chunk_grad(
+                    z, labels[part], part, grad_logp, grad_ent, ent, careful, lse, threshold, row_max, log_total
                 )
-            del z, leaf, lp, e
+            else:
+                leaf = z.requires_grad_(True)
+                with torch.enable_grad():
+                    lp, e = logprobs_and_clamped_entropy(leaf, labels[part], kept, impl=impl, check_finite=False)
+                    (grad_z,) = torch.autograd.grad(
+                        (lp, e), leaf, (grad_logp[part].to(lp.dtype), grad_ent[part].to(e.dtype))
+                    )
+                del leaf, lp, e
+            del z
             if temperature != 1.0:
                 grad_z = grad_z.div_(temperature)
             if want_h:
@@ -85,6 +148,27 @@ class _LinearLogprobsAndEntropy(torch.autograd.Function):
                 grad_w.addmm_(grad_z.t(), h)
             del grad_z, h
         return grad_h, grad_w, None, None, None, None, None, None
+
+
+def _chunk_grad(z, labels, part, grad_logp, grad_ent, ent, careful, lse, threshold, row_max, log_total):
+    """Gradient of the logits chunk ``z`` (rows ``part``) from the forward's statistics: the entropy's and then the
+    log-probabilities' share, each sub-chunk as :func:`aent.logprobs_and_clamped_entropy`'s backward computes it."""
+    compute = ent.dtype
+    m, vocab = z.shape
+    e, c, g_e = ent[part], careful[part], grad_ent[part].to(compute)
+    t, mx, lt = (None,) * 3 if threshold is None else (threshold[part], row_max[part], log_total[part])
+    subs = list(_chunks(None, m, _default_chunk_size(m, vocab, z.device)))
+    if len(subs) == 1:  # the entropy's last scratch tensor becomes the gradient: one chunk-sized buffer fewer
+        grad = _chunk_backward(z.to(compute), t, mx, lt, e, c, g_e).to(z.dtype)
+    else:
+        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+        for sub in subs:
+            stats = (None,) * 3 if t is None else (t[sub], mx[sub], lt[sub])
+            _chunk_backward(z[sub].to(compute), *stats, e[sub], c[sub], g_e[sub], out=grad[sub])
+    part_lse, g_l = lse[part], grad_logp[part].to(compute)
+    for sub in subs:
+        _add_logprob_grad(grad, sub, z[sub].to(compute), labels[sub], part_lse[sub], g_l[sub])
+    return grad
 
 
 def linear_logprobs_and_clamped_entropy(

@@ -54,9 +54,7 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
         size = chunk_size or _default_chunk_size(n, vocab, logits2d.device)  # the entropy part's chunks
         for part in _chunks(rows, n, size):
             z = logits2d[part].to(compute)  # a view for a run of rows (float32 logits), a gathered copy otherwise
-            chunk_lse = torch.logsumexp(z, dim=-1)
-            lse[part] = chunk_lse
-            logp[part] = z.gather(1, labels[part].unsqueeze(1)).squeeze(1) - chunk_lse
+            lse[part], logp[part] = _chunk_logprobs(z, labels[part])
             del z
         ctx.save_for_backward(logits2d, labels, rows, lse)
         ctx.entropy_graph = (leaf, ent) if needs_grad else None
@@ -80,18 +78,30 @@ class _LogprobsAndClampedEntropy(torch.autograd.Function):
             compute = lse.dtype
             for part in _chunks(rows, logits2d.shape[0], ctx.chunk_size):
                 z = logits2d[part].to(compute)
-                g = grad_logp[part].to(compute).unsqueeze(1)
-                # d logp / dz = onehot(label) - softmax(z)
-                update = torch.exp(z - lse[part].unsqueeze(1)).mul_(-g)
-                update.scatter_add_(1, labels[part].unsqueeze(1), g)
-                if isinstance(part, slice) and grad.dtype == compute:
-                    grad[part] += update
-                elif grad.dtype == compute:
-                    grad.index_add_(0, part, update)
-                else:  # add in float32, round once
-                    grad[part] = (grad[part].to(compute) + update).to(grad.dtype)
-                del z, update
+                _add_logprob_grad(grad, part, z, labels[part], lse[part], grad_logp[part].to(compute))
+                del z
         return grad, None, None, None, None, None, None
+
+
+def _chunk_logprobs(z: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logsumexp, log-probability of the label)`` of each row of the 2-D chunk ``z`` (in the compute dtype)."""
+    lse = torch.logsumexp(z, dim=-1)
+    return lse, z.gather(1, labels.unsqueeze(1)).squeeze(1) - lse
+
+
+def _add_logprob_grad(grad, part, z, labels, lse, grad_logp) -> None:
+    """Add ``grad_logp * (onehot(label) - softmax(z))`` of the chunk ``z`` (compute dtype, ``lse`` its
+    :func:`_chunk_logprobs`) into the rows ``part`` of ``grad`` (any float dtype), in place."""
+    compute = z.dtype
+    g = grad_logp.unsqueeze(1)
+    update = torch.exp(z - lse.unsqueeze(1)).mul_(-g)
+    update.scatter_add_(1, labels.unsqueeze(1), g)
+    if isinstance(part, slice) and grad.dtype == compute:
+        grad[part] += update
+    elif grad.dtype == compute:
+        grad.index_add_(0, part, update)
+    else:  # add in float32, round once
+        grad[part] = (grad[part].to(compute) + update).to(grad.dtype)
 
 
 def logprobs_and_clamped_entropy(
