@@ -16,28 +16,14 @@ from __future__ import annotations
 
 import ast
 import builtins
-import re
 import textwrap
-from pathlib import Path
 from typing import Any, Callable, Dict
 
 import pytest
 import torch
+from docblocks import REPO, fenced_blocks
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
-
-
-def _blocks():
-    for path in DOCS:
-        text = path.read_text()
-        for match in _FENCE.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
-            yield pytest.param(path, line, match.group(1), id=f"{path.relative_to(REPO)}:{line}")
-
-
-BLOCKS = list(_blocks())
+BLOCKS = fenced_blocks("python")
 
 
 # -- stand-ins for the reader's own objects ------------------------------------------------------------------------

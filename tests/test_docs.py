@@ -7,26 +7,14 @@ own), so that is checked separately.
 
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
+from docblocks import REPO, fenced_blocks
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_FENCE = re.compile(r"^```(?:bash|sh|shell)[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # a backslash followed by blanks (and maybe a comment) at the end of a line: meant as a continuation, it is not one
 _BROKEN_CONTINUATION = re.compile(r"\\[ \t]+(#.*)?$")
 
-
-def _blocks():
-    for path in DOCS:
-        text = path.read_text()
-        for match in _FENCE.finditer(text):
-            line = text.count("\n", 0, match.start()) + 1
-            yield pytest.param(path, line, match.group(1), id=f"{path.relative_to(REPO)}:{line}")
-
-
-BLOCKS = list(_blocks())
+BLOCKS = fenced_blocks("bash", "sh", "shell")
 
 
 def test_blocks_are_found():
