@@ -77,7 +77,7 @@ def test_quick_runs_end_to_end_and_writes_outputs(quick_run):
     code, out_dir = quick_run
     assert code == 0
     cfg = demo.DemoConfig.quick_config()
-    for arm in demo.ARMS:
+    for arm in demo.DEFAULT_ARMS:
         rows = _read_csv(os.path.join(out_dir, f"metrics_{arm}.csv"))
         assert len(rows) == cfg.steps
         assert list(rows[0]) == list(demo.METRIC_COLUMNS)
@@ -95,7 +95,7 @@ def test_quick_runs_end_to_end_and_writes_outputs(quick_run):
     assert {float(r["coef"]) for r in _read_csv(os.path.join(out_dir, "metrics_grpo.csv"))} == {0.0}
     assert {float(r["coef"]) for r in _read_csv(os.path.join(out_dir, "metrics_entropy.csv"))} == {cfg.entropy_coef}
     summary = _read_csv(os.path.join(out_dir, "summary.csv"))
-    assert [s["arm"] for s in summary] == list(demo.ARMS)
+    assert [s["arm"] for s in summary] == list(demo.DEFAULT_ARMS)
     png = os.path.join(out_dir, "demo.png")
     with open(png, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -276,5 +276,5 @@ def test_cli_routes_demo_to_this_module(capsys):
 def test_runs_on_cuda(tmp_path):
     cfg = _tiny_config(tmp_path, device="cuda", steps=2, warmup_steps=2)
     out = demo.run_demo(cfg, progress=False)
-    assert set(out["results"]) == set(demo.ARMS)
+    assert set(out["results"]) == set(demo.DEFAULT_ARMS)
     assert all(math.isfinite(r["clamped_entropy"]) for rows in out["results"].values() for r in rows)

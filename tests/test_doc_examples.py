@@ -125,7 +125,9 @@ STAND_INS: Dict[str, Callable[[], Any]] = {
     ),
     "clamp_p": lambda: 0.33,
     "pg_loss": lambda: torch.zeros((), requires_grad=True),
-    "token_weighted_mean_of": lambda: float,
+    "token_weighted_mean_of": lambda: lambda values, mask: float((values * mask).sum() / mask.sum()),
+    "labels": lambda: torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(2)),
+    "ppo_clip_loss": lambda: lambda log_probs: -log_probs.mean(),
     "step": lambda: 1,
     # verl custom trainers (docs/VERL.md)
     "config": _verl_config,

@@ -9,10 +9,14 @@ Everything a real run has, at toy size:
 3. a short supervised warm-up so that the model emits the format and gets some sums right;
 4. GRPO (group-normalised advantages, PPO clip, KL off) from that warm-up checkpoint, three arms on the same seed and
    the same prompts: no entropy term, a plain entropy bonus (``clamp_p = 0``, constant coefficient) and AEnt
-   (clamped entropy + :class:`aent.AdaptiveCoefficient`).
+   (clamped entropy + :class:`aent.AdaptiveCoefficient`); a fourth arm, ``clamped`` (the clamp with a constant
+   coefficient), runs on request and in ``aent vocab-sweep`` (:mod:`aent.experiments.vocab`).
 
-The AEnt-specific lines of the trainer are in :func:`grpo_loss` (``aent.entropy_bonus``) and in :func:`train_arm`
-(``coef.update`` once per step with the measured clamped entropy). Everything else is an ordinary small GRPO loop.
+The AEnt-specific lines of the trainer are in :func:`grpo_loss` (``aent.logprobs_and_clamped_entropy``: the sampled
+tokens' log-probs and the clamped entropy of the response rows, one op) and in :func:`train_arm` (``coef.update``
+once per step with the measured clamped entropy). Everything else is an ordinary small GRPO loop, written so that it
+also runs with Qwen2.5's 151,936 output logits: only the response positions go through the output layer, and the
+rollout samples with its own decoding loop.
 
 Outputs in ``--out-dir``: ``metrics_<arm>.csv`` (one row per step), ``demo.png`` (the curves of all arms side by
 side), ``summary.csv`` and ``config.json``; a summary table is printed at the end. See docs/DEMO.md for what the
@@ -43,6 +47,7 @@ from aent.experiments.tiny_model import build_char_tokenizer, build_qwen2
 __all__ = [
     "ARMS",
     "AdditionTask",
+    "DEFAULT_ARMS",
     "DemoConfig",
     "RolloutBatch",
     "build_model",
@@ -52,12 +57,21 @@ __all__ = [
     "make_coefficient",
     "rollout",
     "run_demo",
+    "sft_batch",
     "train_arm",
     "warmup",
 ]
 
-ARMS = ("grpo", "entropy", "aent")
-ARM_LABELS = {"grpo": "GRPO (no entropy)", "entropy": "GRPO + entropy bonus", "aent": "GRPO + AEnt"}
+# The arms the trainer knows; the demo runs DEFAULT_ARMS unless told otherwise (``aent vocab-sweep`` runs all four).
+ARMS = ("grpo", "entropy", "clamped", "aent")
+DEFAULT_ARMS = ("grpo", "entropy", "aent")
+ARM_LABELS = {
+    "grpo": "GRPO (no entropy)",
+    "entropy": "GRPO + entropy bonus",
+    "clamped": "GRPO + clamped bonus",
+    "aent": "GRPO + AEnt",
+}
+ARM_COLORS = {"grpo": "tab:gray", "entropy": "tab:blue", "clamped": "tab:green", "aent": "tab:red"}
 DATA_SOURCE = "aent_demo/addition"
 
 # Tokenizer: one token per character of the task's alphabet, plus padding and end of sequence.
@@ -85,7 +99,7 @@ class DemoConfig:
     # on an idle machine and much faster on a busy one.
     threads: int = 1
     out_dir: str = "runs/demo"
-    arms: Tuple[str, ...] = ARMS
+    arms: Tuple[str, ...] = DEFAULT_ARMS
     # model (Qwen2 architecture at toy size; the output layer is padded to a multiple of 32 as real models pad theirs)
     hidden_size: int = 128
     num_layers: int = 2
@@ -112,8 +126,10 @@ class DemoConfig:
     max_new_tokens: int = 12
     grad_clip: float = 1.0
     eval_every: int = 10
-    # entropy arms. The plain bonus: clamp_p = 0 and a constant coefficient. AEnt: clamp_p below and the controller.
+    # entropy arms. The plain bonus: clamp_p = 0 and a constant coefficient. The clamped bonus: clamp_p below and a
+    # constant coefficient. AEnt: clamp_p below and the controller.
     entropy_coef: float = 0.1
+    clamped_coef: float = 0.1
     clamp_p: float = 0.5
     aent_init: float = 0.05
     aent_low: float = 0.10
@@ -177,8 +193,8 @@ class DemoConfig:
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device is cuda but torch.cuda.is_available() is False; use --device cpu")
         # the coefficient settings are checked by aent's own constructors
-        make_coefficient("entropy", self)
-        make_coefficient("aent", self)
+        for arm in ARMS:
+            make_coefficient(arm, self)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,6 +285,24 @@ def _encode(tokenizer, texts: Sequence[str], device: torch.device) -> torch.Tens
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def sft_batch(
+    tokenizer, pairs: Sequence[Tuple[str, str]], device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prompt_ids, response_ids, mask)`` of ``(prompt, target response)`` pairs: each target followed by end of
+    sequence, padded to the longest; ``mask`` (float) is 1 on the target tokens."""
+    prompts = _encode(tokenizer, [prompt for prompt, _ in pairs], device)
+    responses = [
+        tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, target in pairs
+    ]
+    length = max(len(r) for r in responses)
+    resp = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(pairs), length), dtype=torch.float32, device=device)
+    for i, r in enumerate(responses):
+        resp[i, : len(r)] = torch.tensor(r, device=device)
+        mask[i, : len(r)] = 1.0
+    return prompts, resp, mask
+
+
 def warmup(model, tokenizer, task: AdditionTask, cfg: DemoConfig, progress: bool = True) -> List[float]:
     """Teach the format (and some arithmetic) with cross-entropy on correct responses. Returns the loss per step."""
     device = next(model.parameters()).device
@@ -280,17 +314,7 @@ def warmup(model, tokenizer, task: AdditionTask, cfg: DemoConfig, progress: bool
     model.train()
     bar = _progress(range(cfg.warmup_steps), "warm-up (SFT)", progress)
     for step in bar:
-        pairs = task.warmup_batch(step, cfg.warmup_batch, cfg.warmup_noise)
-        prompts = _encode(tokenizer, [prompt for prompt, _ in pairs], device)
-        responses = [
-            tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, target in pairs
-        ]
-        length = max(len(r) for r in responses)
-        resp = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(pairs), length), dtype=torch.float32, device=device)
-        for i, r in enumerate(responses):
-            resp[i, : len(r)] = torch.tensor(r, device=device)
-            mask[i, : len(r)] = 1.0
+        prompts, resp, mask = sft_batch(tokenizer, task.warmup_batch(step, cfg.warmup_batch, cfg.warmup_noise), device)
         logits = _response_logits(model, prompts, resp, mask, temperature=1.0)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), resp, reduction="none")
         loss = (nll * mask).sum() / mask.sum()
@@ -353,23 +377,42 @@ def score_responses(texts: Sequence[str], answers: Sequence[str], compute_score:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompt_ids: torch.Tensor, cfg: DemoConfig, greedy: bool = False) -> torch.Tensor:
-    """Sample (or greedily decode) responses with ``model.generate``; returns the ``(n, R)`` generated ids."""
-    from transformers import GenerationConfig
+    """Sample (or greedily decode) up to ``cfg.max_new_tokens`` tokens per prompt; returns the ``(n, R)`` generated ids.
 
-    gen = GenerationConfig(
-        do_sample=not greedy,
-        temperature=cfg.temperature if not greedy else None,
-        top_k=0 if not greedy else None,  # the paper samples at temperature 1 from the full distribution
-        top_p=1.0 if not greedy else None,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    A plain decoding loop on the model's KV cache, computing the logits of the last position only. Sampling is at
+    ``cfg.temperature`` from the full distribution (no top-k, no top-p, as the paper samples) by inverting each
+    row's float64 cumulative distribution at one uniform draw: exact, and at 151,936 logits about half the time of
+    ``torch.multinomial`` on a CPU, which dominated a rollout there. Tokens after a row's end of sequence are
+    padding; the loop stops when every row has ended.
+    """
+    from transformers import DynamicCache
+
     was_training = model.training
     model.eval()
-    out = model.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=gen)
+    n = prompt_ids.shape[0]
+    cache = DynamicCache(config=model.config)
+    done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
+    ids, out = prompt_ids, []
+    for _ in range(cfg.max_new_tokens):
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        nxt = logits.argmax(dim=-1) if greedy else _sample_rows(logits, cfg.temperature)
+        nxt = torch.where(done, torch.full_like(nxt, tokenizer.pad_token_id), nxt)
+        out.append(nxt)
+        done |= nxt == tokenizer.eos_token_id
+        if bool(done.all()):
+            break
+        ids = nxt.unsqueeze(1)
     model.train(was_training)
-    return out[:, prompt_ids.shape[1] :]
+    return torch.stack(out, dim=1)
+
+
+def _sample_rows(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One token per row of ``(n, V)`` logits, drawn from ``softmax(logits / temperature)`` by the inverse CDF."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)
+    draw = torch.rand((logits.shape[0], 1), dtype=torch.float64, device=logits.device) * cdf[:, -1:]
+    # right=True: a token of probability 0 spans an empty interval of the CDF and is never drawn
+    return torch.searchsorted(cdf, draw, right=True).squeeze(1).clamp_max_(logits.shape[-1] - 1)
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> List[str]:
@@ -421,22 +464,27 @@ def evaluate(model, tokenizer, task: AdditionTask, cfg: DemoConfig, compute_scor
 def _response_logits(
     model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """Temperature-scaled logits ``(n, R, V)`` that predict each response token (position ``P - 1 + j``)."""
+    """Temperature-scaled logits ``(n, R, V)`` that predict each response token (position ``P - 1 + j``).
+
+    Only those ``R`` positions go through the output layer (``logits_to_keep``): the prompt's logits are never
+    built, which matters when the output layer has 151,936 rows.
+    """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     attention_mask = torch.cat([torch.ones_like(prompt_ids, dtype=torch.long), response_mask.long()], dim=1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     start = prompt_ids.shape[1] - 1
-    return logits[:, start : start + response_ids.shape[1], :].float() / temperature
-
-
-def _token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    keep = torch.arange(start, start + response_ids.shape[1], device=input_ids.device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 @torch.no_grad()
 def old_log_probs(model, batch: RolloutBatch, cfg: DemoConfig) -> torch.Tensor:
+    """Log-probabilities of the sampled tokens under the rollout policy (0 outside the response mask)."""
     logits = _response_logits(model, batch.prompt_ids, batch.response_ids, batch.response_mask, cfg.temperature)
-    return _token_log_probs(logits, batch.response_ids)
+    log_probs, _ = aent.logprobs_and_clamped_entropy(
+        logits, batch.response_ids, 0.0, row_mask=batch.response_mask.bool()
+    )
+    return log_probs
 
 
 def grpo_loss(
@@ -447,45 +495,59 @@ def grpo_loss(
     clip_eps: float = 0.2,
     temperature: float = 1.0,
     measure_clamp_p: Optional[float] = None,
+    task_tokens: Optional[int] = None,
 ) -> Tuple[torch.Tensor, Dict[str, float]]:
     """``loss = L_PG - coef * token_mean(clamped_entropy(logits, clamp_p))`` on one mini-batch (docs/METHOD.md, "Loss").
 
     ``L_PG`` is the PPO-clip surrogate with GRPO advantages, token-mean over response tokens (verl's default
-    ``loss_agg_mode``). The entropy comes from the same forward pass, on the same temperature-scaled logits.
-    ``coef = 0`` still measures the entropy (docs/METHOD.md, "Adaptive coefficient": the measurement must not stop at a zero coefficient).
+    ``loss_agg_mode``). The sampled tokens' log-probabilities and the clamped entropy come from one op
+    (:func:`aent.logprobs_and_clamped_entropy`) on the same temperature-scaled logits, computed on the response rows
+    only (``row_mask``), with one gradient buffer. ``coef = 0`` still measures the entropy (docs/METHOD.md, "Adaptive
+    coefficient": the measurement must not stop at a zero coefficient).
 
     Returns the loss and float statistics: ``pg_loss``, ``entropy_term`` (the subtracted term), ``clamped_entropy``
     (token-mean at ``clamp_p``; what the arm's controller consumes), ``entropy`` (full-vocabulary, token-mean),
-    ``clamped_entropy_measure`` (token-mean at ``measure_clamp_p``, for comparing arms), ``clip_frac`` and
-    ``num_tokens``.
+    ``clamped_entropy_measure`` (token-mean at ``measure_clamp_p``, for comparing arms), ``tail_mass`` (token-mean
+    probability of the output rows ``>= task_tokens``, the tokens the task never uses; 0 without ``task_tokens``),
+    ``clip_frac`` and ``num_tokens``.
     """
     logits = _response_logits(model, batch.prompt_ids, batch.response_ids, batch.response_mask, temperature)
     mask = batch.response_mask
-    log_probs = _token_log_probs(logits, batch.response_ids)
+    rows = mask.bool()
+    # The AEnt line: the sampled tokens' log-probs and the clamped entropy of the response rows, one op.
+    log_probs, ent = aent.logprobs_and_clamped_entropy(logits, batch.response_ids, clamp_p, row_mask=rows)
     old = batch.old_log_probs if batch.old_log_probs is not None else log_probs.detach()
     ratio = torch.exp(log_probs - old)
     adv = batch.advantages.unsqueeze(1)
     surrogate = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps))
     pg_loss = aent.aggregate(surrogate, mask, "token-mean")
-
-    # The AEnt line: the term to subtract and the measurement the coefficient is updated with.
-    entropy_term, ent_metrics = aent.entropy_bonus(logits, mask, coef, clamp_p, loss_agg_mode="token-mean")
-    loss = pg_loss - entropy_term
+    entropy_agg = aent.aggregate(ent, mask, "token-mean")
+    loss = pg_loss - coef * entropy_agg
 
     with torch.no_grad():
-        num_tokens = float(mask.sum())
-        denom = max(num_tokens, 1.0)
-        full = float((aent.entropy(logits.detach()) * mask).sum() / denom)
+        z = logits.detach()
         p_measure = clamp_p if measure_clamp_p is None else measure_clamp_p
-        measured = float((aent.clamped_entropy(logits.detach(), p_measure) * mask).sum() / denom)
-        clipped = ((ratio - 1.0).abs() > clip_eps).float()
-        clip_frac = float((clipped * mask).sum() / denom)
+        full = ent if clamp_p == 0.0 else aent.entropy(z, row_mask=rows)
+        measured = ent if p_measure == clamp_p else aent.clamped_entropy(z, p_measure, row_mask=rows)
+        tail = torch.zeros_like(ent)
+        if task_tokens is not None and task_tokens < z.shape[-1]:
+            # log-partition of each row from the op's log-prob: log Z = z[label] - log p(label)
+            log_z = z.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1) - log_probs.detach()
+            tail = torch.where(rows, torch.exp(torch.logsumexp(z[..., task_tokens:], dim=-1) - log_z), tail)
+        clipped = ((ratio.detach() - 1.0).abs() > clip_eps).float()
+        denom = mask.sum().clamp_min(1.0)
+        stats = torch.stack(
+            [(x * mask).sum() / denom for x in (ent.detach(), full, measured, tail, clipped)]
+            + [pg_loss.detach(), entropy_agg.detach(), mask.sum()]
+        ).tolist()  # the one host synchronisation
+    clamped, full_mean, measured_mean, tail_mean, clip_frac, pg_value, entropy_value, num_tokens = stats
     return loss, {
-        "pg_loss": float(pg_loss.detach()),
-        "entropy_term": float(entropy_term.detach()),
-        "clamped_entropy": ent_metrics["clamped_entropy"],
-        "entropy": full,
-        "clamped_entropy_measure": measured,
+        "pg_loss": pg_value,
+        "entropy_term": coef * entropy_value,
+        "clamped_entropy": clamped,
+        "entropy": full_mean,
+        "clamped_entropy_measure": measured_mean,
+        "tail_mass": tail_mean,
         "clip_frac": clip_frac,
         "num_tokens": num_tokens,
     }
@@ -501,12 +563,16 @@ def make_coefficient(arm: str, cfg: DemoConfig) -> Tuple[aent.Controller, float]
 
     * ``grpo``: coefficient 0 (the entropy is still measured, at AEnt's ``clamp_p`` so that arms compare);
     * ``entropy``: the plain bonus, full-vocabulary entropy (``clamp_p = 0``) with a constant coefficient;
+    * ``clamped``: the clamped entropy at ``cfg.clamp_p`` with a constant coefficient (the clamp without the
+      controller);
     * ``aent``: clamped entropy at ``cfg.clamp_p`` with the adaptive coefficient (docs/METHOD.md).
     """
     if arm == "grpo":
         return aent.build_coefficient(0.0), cfg.clamp_p
     if arm == "entropy":
         return aent.build_coefficient(cfg.entropy_coef), 0.0
+    if arm == "clamped":
+        return aent.build_coefficient(cfg.clamped_coef), cfg.clamp_p
     if arm == "aent":
         coef = aent.build_coefficient(
             cfg.aent_init,
@@ -528,6 +594,7 @@ METRIC_COLUMNS = (
     "format_rate",
     "entropy",
     "clamped_entropy",
+    "tail_mass",
     "coef",
     "coef_next",
     "response_length",
@@ -547,12 +614,14 @@ def train_arm(
     cfg: DemoConfig,
     compute_score: Callable,
     progress: bool = True,
+    desc: Optional[str] = None,
 ) -> List[Dict[str, float]]:
     """Run GRPO for ``cfg.steps`` steps on ``model`` (modified in place); returns one metrics row per step.
 
     Row fields: ``reward``/``accuracy``/``format_rate`` (means over the step's samples), ``entropy`` (full
     vocabulary) and ``clamped_entropy`` (at AEnt's ``clamp_p``) as token-means over response tokens during the
-    update, ``coef`` (used in this step) and ``coef_next`` (after ``update``), ``response_length`` (tokens incl.
+    update, ``tail_mass`` (the probability on output rows the tokenizer does not have, token-mean, during the
+    update), ``coef`` (used in this step) and ``coef_next`` (after ``update``), ``response_length`` (tokens incl.
     EOS), ``eval_accuracy`` (greedy, held-out; empty except every ``eval_every`` steps and at the last step).
     """
     coef, clamp_p = make_coefficient(arm, cfg)
@@ -562,9 +631,10 @@ def train_arm(
     start = time.perf_counter()
     # global steps count from 1, as in verl (and aent.AdaptiveCoefficient's warmup_steps): steps 1..warmup_steps
     # train with the initial coefficient
-    bar = _progress(range(1, cfg.steps + 1), f"{arm:>7s}", progress)
+    task_tokens = len(tokenizer)
+    bar = _progress(range(1, cfg.steps + 1), desc or f"{arm:>7s}", progress)
     for step in bar:
-        pairs = task.train_batch(step - 1, cfg.prompts_per_step)
+        pairs = task.train_batch(step - 1, cfg.prompts_per_step, stream=f"rl/{cfg.seed}")
         batch = rollout(model, tokenizer, task, pairs, cfg, compute_score)
         batch.old_log_probs = old_log_probs(model, batch, cfg)
 
@@ -575,6 +645,7 @@ def train_arm(
             "clip_frac": 0.0,
             "entropy": 0.0,
             "measure": 0.0,
+            "tail": 0.0,
             "controller": 0.0,
             "tokens": 0.0,
         }
@@ -588,6 +659,7 @@ def train_arm(
                 cfg.clip_eps,
                 cfg.temperature,
                 measure_clamp_p=cfg.clamp_p,
+                task_tokens=task_tokens,
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -600,6 +672,7 @@ def train_arm(
             totals["clip_frac"] += stats["clip_frac"] * n
             totals["entropy"] += stats["entropy"] * n
             totals["measure"] += stats["clamped_entropy_measure"] * n
+            totals["tail"] += stats["tail_mass"] * n
             totals["controller"] += stats["clamped_entropy"] * n
 
         # Once per global step, after the update: feed the token-weighted mean of the arm's own clamped entropy.
@@ -616,6 +689,7 @@ def train_arm(
             "format_rate": float(batch.formatted.mean()),
             "entropy": totals["entropy"] / tokens,
             "clamped_entropy": totals["measure"] / tokens,
+            "tail_mass": totals["tail"] / tokens,
             "coef": coef_used,
             "coef_next": coef.value,
             "response_length": float(batch.response_mask.sum(dim=1).mean()),
@@ -711,7 +785,6 @@ def plot(
     ]
     fig, axes = plt.subplots(2, 3, figsize=(11, 5.6), dpi=90)
     axes = axes.ravel()
-    colors = {"grpo": "tab:gray", "entropy": "tab:blue", "aent": "tab:red"}
     for ax, (key, title) in zip(axes, panels):
         for arm, rows in results.items():
             xs = [r["step"] for r in rows if not math.isnan(r[key])]
@@ -725,7 +798,7 @@ def plot(
             ax.plot(
                 xs,
                 ys,
-                color=colors[arm],
+                color=ARM_COLORS[arm],
                 label=ARM_LABELS[arm],
                 marker="o" if key == "eval_accuracy" else None,
                 markersize=3,
@@ -871,7 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the model init, the data and the sampling")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     parser.add_argument("--out-dir", default="runs/demo", help="where the CSVs, figure and summary go")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     parser.add_argument(
         "--clamp-p",
         type=float,
