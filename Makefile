@@ -12,7 +12,7 @@ PY_E2E := $(VENV_E2E)/bin/python
 E2E_ARGS ?=
 MATRIX_ARGS ?=
 
-.PHONY: setup test demo toy lint clean e2e e2e-setup e2e-matrix e2e-matrix-ci
+.PHONY: setup test demo toy vocab lint clean e2e e2e-setup e2e-matrix e2e-matrix-ci
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ demo: setup
 
 toy: setup
 	$(VENV)/bin/aent toy-mdp
+
+vocab: setup  # about 40 minutes on 2 cores (docs/VOCAB.md)
+	$(VENV)/bin/aent vocab-sweep --out runs/vocab
 
 # torch's CPU build first; then the pinned stack, the project and the test-only CPU bridges (tests/support). PyPI's
 # torchvision/torchaudio/torchcodec builds do not match the CPU torch and are not needed: removed.

@@ -10,6 +10,10 @@ from typing import List, Optional
 # name -> (module with a ``main(argv) -> int``, one-line help)
 SUBCOMMANDS = {
     "demo": ("aent.experiments.demo", "GRPO + AEnt end to end on a tiny model, on a CPU in minutes"),
+    "vocab-sweep": (
+        "aent.experiments.vocab",
+        "the paper's vocabulary argument: GRPO with four entropy settings as the output layer grows to 151,936 logits",
+    ),
     "toy-mdp": (
         "aent.experiments.toy",
         "the paper's controlled experiment (Figure 1): entropy bonuses in a 100k-action MDP",
