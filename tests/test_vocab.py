@@ -84,6 +84,7 @@ def test_match_tail_mass_hits_the_target_and_leaves_the_task_distribution_alone(
     hidden = vocab.response_hidden(model, tokenizer, task, cfg, batches=1)
     target = _tail_mass_f64(model, hidden, t)
     assert 0.0 < target < 0.5
+    assert vocab.tail_mass_at(model, t, hidden) == pytest.approx(target, rel=1e-4)
     grown = copy.deepcopy(model)
     vocab.grow_output_layer(grown, 6000, t, seed=3)
     before = _tail_mass_f64(grown, hidden, t)

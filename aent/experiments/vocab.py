@@ -231,6 +231,24 @@ def _positive_direction(hidden: torch.Tensor, steps: int = 500) -> torch.Tensor:
     return d
 
 
+def _log_sums(model, task_tokens: int, hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per position of ``hidden``: the log-sum-exp of the task rows' logits and of the unused rows' logits."""
+    weight = model.get_output_embeddings().weight
+    lse_task = torch.logsumexp(hidden @ weight[:task_tokens].float().T, dim=1)
+    lse_tail = torch.cat(
+        [torch.logsumexp(hidden @ w.float().T, dim=1, keepdim=True) for w in weight[task_tokens:].split(8192)], dim=1
+    ).logsumexp(dim=1)
+    return lse_task, lse_tail
+
+
+@torch.no_grad()
+def tail_mass_at(model, task_tokens: int, hidden: torch.Tensor) -> float:
+    """The probability on the output rows ``>= task_tokens``, averaged over the positions with hidden states
+    ``hidden``."""
+    lse_task, lse_tail = _log_sums(model, task_tokens, hidden)
+    return float(torch.sigmoid(lse_tail - lse_task).double().mean())
+
+
 @torch.no_grad()
 def match_tail_mass(model, task_tokens: int, hidden: torch.Tensor, target: float) -> Dict[str, float]:
     """Lower every unused output row (``>= task_tokens``) by one shared vector until the tail mass averaged over the
@@ -242,20 +260,17 @@ def match_tail_mass(model, task_tokens: int, hidden: torch.Tensor, target: float
     tokens, renormalised, does not change.
     """
     weight = model.get_output_embeddings().weight
+    lse_task, lse_tail = _log_sums(model, task_tokens, hidden)
+    before = float(torch.sigmoid(lse_tail - lse_task).double().mean())
+    if before <= target:
+        return {"shift": 0.0, "tail_mass_before": before, "tail_mass_after": before}
     direction = _positive_direction(hidden)
     along = hidden @ direction  # (positions,) > 0: how much a unit shift lowers the tail logits at each position
-    lse_task = torch.logsumexp(hidden @ weight[:task_tokens].float().T, dim=1)
-    lse_tail = torch.cat(
-        [torch.logsumexp(hidden @ w.float().T, dim=1, keepdim=True) for w in weight[task_tokens:].split(8192)], dim=1
-    ).logsumexp(dim=1)
 
     def tail(c: float) -> float:
         return float(torch.sigmoid(lse_tail - c * along - lse_task).double().mean())
 
-    before = tail(0.0)
     low, high = 0.0, 1.0
-    if before <= target:
-        return {"shift": 0.0, "tail_mass_before": before, "tail_mass_after": before}
     while tail(high) > target:
         low, high = high, 2.0 * high
         if high > 1e4:
@@ -374,7 +389,7 @@ def _run_sweep(cfg: VocabConfig, progress: bool, compute_score: Callable, resume
 
     # the tail mass every count starts from: the warmed-up 32-logit model's, on the warm-up's response positions
     hidden = response_hidden(base, tokenizer, task, base_cfg)
-    target = match_tail_mass(copy.deepcopy(base), len(tokenizer), hidden, 1.0)["tail_mass_before"]
+    target = tail_mass_at(base, len(tokenizer), hidden)
 
     total = len(cfg.counts) * len(cfg.seeds) * len(cfg.arms)
     done = 0
