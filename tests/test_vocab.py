@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 
 import pytest
 import torch
@@ -174,6 +175,13 @@ def _read_csv(path):
         return list(csv.DictReader(fh))
 
 
+def _late_reward(out, count, arm, seed):
+    """A run's sampled reward, mean over the last quarter of its steps, from its CSV."""
+    rows = _read_csv(out / "cells" / f"{vocab.cell_name(count, arm, seed)}.csv")
+    late = rows[-max(1, len(rows) // 4) :]
+    return sum(float(r["reward"]) for r in late) / len(late)
+
+
 @pytest.fixture(scope="module")
 def quick_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("vocab_quick")
@@ -207,6 +215,14 @@ def test_quick_sweep_writes_every_run_and_the_summaries(quick_sweep):
             entry = results["table"][f"{count}/{arm}"]["gain_eval_accuracy_end"]
             assert entry["mean"] == pytest.approx(sum(gains) / len(gains), abs=1e-12)
             assert entry["n"] == len(cfg.seeds)
+
+            gains = [
+                _late_reward(quick_sweep, count, arm, s) - _late_reward(quick_sweep, count, "grpo", s)
+                for s in cfg.seeds
+            ]
+            entry = results["table"][f"{count}/{arm}"]["gain_reward_late"]
+            assert entry["mean"] == pytest.approx(sum(gains) / len(gains), abs=1e-12)
+            assert entry["sd"] == pytest.approx(statistics.stdev(gains), abs=1e-12)
     # every count starts from the 32-logit model's tail mass (matched on the warm-up's positions)
     start = results["start"]["2048"]
     assert start["tail_mass_before"] > start["tail_mass_after"]
