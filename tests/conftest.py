@@ -59,3 +59,13 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
         f"aent: {len(skipped)} skipped, {cuda} of them '{CUDA_SKIP}', {len(skipped) - cuda} other; {mode}"
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: the demo's tiny model is overhead-bound, and one thread is as fast on an idle
+    machine and far faster on a busy one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

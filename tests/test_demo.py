@@ -19,14 +19,7 @@ require("math_verify", "math")
 import aent  # noqa: E402
 from aent.experiments import demo  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # the tiny model is overhead-bound: one thread is as fast on an idle machine and far faster on a busy one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _read_csv(path):

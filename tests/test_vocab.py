@@ -25,13 +25,7 @@ require("math_verify", "math")
 import aent  # noqa: E402
 from aent.experiments import demo, vocab  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small_model(seed=0, warmup_steps=30):

@@ -287,10 +287,8 @@ def start_measures(model, tokenizer, task, cfg: demo.DemoConfig, compute_score: 
     """The model before RL at one count: greedy held-out accuracy, and the tail mass and entropy of its sampled
     responses to the held-out prompts (one sample each, token-means over response tokens)."""
     accuracy = demo.evaluate(model, tokenizer, task, cfg, compute_score)
-    prompts = torch.tensor(
-        [tokenizer(task.prompt(a, b), add_special_tokens=False)["input_ids"] for a, b in task.eval_pairs],
-        device=next(model.parameters()).device,
-    )
+    device = next(model.parameters()).device
+    prompts = demo._encode(tokenizer, [task.prompt(a, b) for a, b in task.eval_pairs], device)
     torch.manual_seed(cfg.seed)
     sums = {"tail_mass": 0.0, "entropy": 0.0, "clamped_entropy_measure": 0.0}
     tokens = 0.0
@@ -450,7 +448,6 @@ def _run_sweep(cfg: VocabConfig, progress: bool, compute_score: Callable, resume
 # Summaries
 # ----------------------------------------------------------------------------------------------------------------
 
-# per-run summary: name -> (metric column, how it is read from the run)
 _TAIL_FRACTION = 4  # "late" = the last quarter of the steps
 
 
